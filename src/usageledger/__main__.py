@@ -1,0 +1,5 @@
+"""`python -m usageledger` runs the command line."""
+
+from usageledger.cli import main
+
+main()

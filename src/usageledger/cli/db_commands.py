@@ -1,0 +1,89 @@
+"""`usageledger db upgrade | current | downgrade`: schema migrations."""
+
+from __future__ import annotations
+
+import click
+
+from usageledger import db, migrations
+from usageledger.cli.root import db_option, emit_json, json_option, open_engine, stdout
+
+
+@click.group("db")
+def db_group() -> None:
+    """Create and migrate the schema."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@db_option
+@json_option
+def upgrade(revision: str, db_url: str | None, as_json: bool) -> None:
+    """Apply migrations up to REVISION (default: head). Creates a SQLite file if needed."""
+    engine = open_engine(db_url, create=True, need_schema=False)
+    try:
+        before = migrations.current(engine).current
+        migrations.upgrade(engine, revision)
+        status = migrations.current(engine)
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json(
+            {
+                "database": db.display_url(engine.url),
+                "from_revision": before,
+                "revision": status.current,
+                "head": status.head,
+            }
+        )
+    else:
+        stdout().print(
+            f"{db.display_url(engine.url)}: upgraded {before or 'empty'} → {status.current}"
+        )
+
+
+@db_group.command("current")
+@db_option
+@json_option
+def current(db_url: str | None, as_json: bool) -> int:
+    """Show the schema revision of the database and whether it is up to date."""
+    engine = open_engine(db_url, need_schema=False)
+    try:
+        status = migrations.current(engine)
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json(
+            {
+                "database": db.display_url(engine.url),
+                "revision": status.current,
+                "head": status.head,
+                "up_to_date": status.up_to_date,
+            }
+        )
+    else:
+        state = "up to date" if status.up_to_date else f"behind head {status.head}"
+        stdout().print(f"{db.display_url(engine.url)}: {status.current or 'no schema'} ({state})")
+    return 0
+
+
+@db_group.command("downgrade")
+@click.argument("revision")
+@db_option
+@json_option
+def downgrade(revision: str, db_url: str | None, as_json: bool) -> None:
+    """Undo migrations down to REVISION (`base` removes every table)."""
+    engine = open_engine(db_url, need_schema=False)
+    try:
+        before = migrations.current(engine).current
+        migrations.downgrade(engine, revision)
+        status = migrations.current(engine)
+    finally:
+        engine.dispose()
+    if as_json:
+        emit_json(
+            {"database": db.display_url(engine.url), "from_revision": before, "revision": status.current}
+        )
+    else:
+        stdout().print(
+            f"{db.display_url(engine.url)}: downgraded {before or 'empty'} → {status.current or 'base'}"
+        )

@@ -1,0 +1,135 @@
+"""The root command group, the options every command shares, and error handling."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import attrs
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from usageledger import __version__, db, migrations
+from usageledger.errors import UsageLedgerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("usageledger")
+
+
+def stdout() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def db_option(f: F) -> F:
+    """`--db URL`: the platform database (env USAGELEDGER_DB, default a SQLite file here)."""
+    return click.option(
+        "--db",
+        "db_url",
+        metavar="URL",
+        envvar=db.ENV_DB,
+        default=None,
+        show_envvar=True,
+        help=f"Database URL (default: {db.DEFAULT_DB_URL}).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    """`--json`: one JSON document on stdout; progress and logs go to stderr only."""
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(f)
+
+
+def open_engine(db_url: str | None, *, create: bool = False, need_schema: bool = True) -> Engine:
+    """An Engine for the command's `--db`, checked to answer and (usually) to hold the schema."""
+    engine = db.make_engine(db_url, create=create)
+    db.check_connection(engine)
+    if need_schema:
+        migrations.require_schema(engine)
+    return engine
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if attrs.has(type(value)):
+        return attrs.asdict(value, recurse=False)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def emit_json(document: Any) -> None:
+    """Write one JSON document (snake_case keys, ISO-8601 UTC timestamps) to stdout."""
+    click.echo(json.dumps(document, default=_json_default, sort_keys=False, indent=2))
+
+
+def show_progress(as_json: bool) -> bool:
+    """Progress bars only for a person watching: not under --json, not when stderr is a pipe."""
+    return not as_json and sys.stderr.isatty()
+
+
+class _Group(click.Group):
+    """Lists commands in the order they were added (the order a newcomer needs them)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="usageledger")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Keep, backfill and consume usage events so billing never loses a running resource."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr(), show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def run(group: click.Group, argv: Sequence[str]) -> int:
+    """Run the command line; every failure becomes one `error: …` line and an exit code."""
+    err = stderr()
+    try:
+        result = group.main(list(argv), prog_name="usageledger", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            err.print(exc.ctx.get_usage(), markup=False)
+        err.print(f"error: {db.mask_url_text(exc.format_message())}", markup=False)
+        return 2
+    except click.Abort:
+        err.print("error: interrupted", markup=False)
+        return 130
+    except KeyboardInterrupt:
+        err.print("error: interrupted; the work done so far is committed, rerun to finish", markup=False)
+        return 130
+    except UsageLedgerError as exc:
+        err.print(f"error: {db.mask_url_text(str(exc))}", markup=False)
+        return exc.exit_code
+    except SQLAlchemyError as exc:
+        err.print(f"error: database error: {db.one_line(exc)}", markup=False)
+        return 1
+    return int(result) if isinstance(result, int) else 0
+
+
+def register() -> None:
+    """Attach every command group (imported here so that `cli` stays importable alone)."""
+    from usageledger.cli import db_commands
+
+    cli.add_command(db_commands.db_group)
+
+
+register()

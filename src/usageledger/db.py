@@ -1,0 +1,618 @@
+"""Engines from URLs, and every difference between SQLite, PostgreSQL and MariaDB in one place.
+
+Everything else in the project calls the named functions here (`transaction`, `database_now`,
+`sql_new_guid`, `try_run_lock`, `kill_connection` …) instead of asking which dialect it runs on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from usageledger.errors import BadInputError, DatabaseUnavailableError, LockHeldError
+
+log = logging.getLogger(__name__)
+
+ENV_DB = "USAGELEDGER_DB"
+DEFAULT_DB_URL = "sqlite:///usageledger.db"
+
+#: SQLite waits this long for another writer before giving up with "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: MariaDB's GET_LOCK is asked with this positive timeout and retried while waiting (SPEC B8:
+#: a negative timeout returns NULL on MariaDB instead of waiting).
+MARIADB_LOCK_POLL_SECONDS = 5
+
+
+class Backend(StrEnum):
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+    MARIADB = "mariadb"
+
+
+class Isolation(StrEnum):
+    """Transaction isolation levels the project asks for explicitly."""
+
+    READ_COMMITTED = "READ COMMITTED"
+    REPEATABLE_READ = "REPEATABLE READ"
+    SERIALIZABLE = "SERIALIZABLE"
+
+
+_DRIVERS = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mariadb": "mariadb+pymysql",
+    "mariadb+pymysql": "mariadb+pymysql",
+    "mysql": "mysql+pymysql",
+    "mysql+pymysql": "mysql+pymysql",
+}
+
+
+# --- URLs ---------------------------------------------------------------------------------
+
+
+def resolve_url(url: str | None) -> str:
+    """The URL to use: the one given, else `$USAGELEDGER_DB`, else the default SQLite file."""
+    return url or os.environ.get(ENV_DB) or DEFAULT_DB_URL
+
+
+def parse_url(url: str | URL) -> URL:
+    """Parse and normalise a database URL, or raise a one-line BadInputError."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        raise BadInputError(
+            f"cannot parse database URL {mask_url_text(str(url))!r}; expected for example "
+            "sqlite:///usageledger.db, postgresql+psycopg://user@host/db or "
+            "mariadb+pymysql://user@host/db"
+        ) from None
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise BadInputError(
+            f"unsupported database URL scheme {parsed.drivername!r}; use sqlite:///FILE, "
+            "postgresql+psycopg://… or mariadb+pymysql://…"
+        )
+    parsed = parsed.set(drivername=driver)
+    if driver.endswith("+pymysql") and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    return parsed
+
+
+def display_url(url: str | URL) -> str:
+    """The URL as it may be shown to a person: the password is masked."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return mask_url_text(str(url))
+    return parsed.render_as_string(hide_password=True)
+
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+]+://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)")
+
+
+def mask_url_text(text: str) -> str:
+    """Mask anything that looks like a password inside a URL in free text."""
+    return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", text)
+
+
+def backend_of(bind: Engine | Connection | URL) -> Backend:
+    name = bind.get_backend_name() if isinstance(bind, URL) else bind.dialect.name
+    if name == "sqlite":
+        return Backend.SQLITE
+    if name == "postgresql":
+        return Backend.POSTGRESQL
+    if name in ("mysql", "mariadb"):
+        return Backend.MARIADB
+    raise BadInputError(f"unsupported database backend {name!r}")
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file behind a SQLite URL, or None for an in-memory database."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    if database.startswith("file:"):
+        database = database[len("file:") :].split("?", 1)[0]
+    return Path(database)
+
+
+# --- engines ------------------------------------------------------------------------------
+
+
+def make_engine(url: str | URL | None = None, *, create: bool = False, **kwargs: Any) -> Engine:
+    """An Engine for `url` (see `resolve_url`), set up for concurrent use.
+
+    A SQLite file that does not exist is an error unless `create` is true, so that a mistyped
+    path never leaves an empty database behind.
+    """
+    parsed = parse_url(resolve_url(url) if not isinstance(url, URL) else url)
+    backend = backend_of(parsed)
+    if backend is Backend.SQLITE:
+        path = sqlite_path(parsed)
+        if path is not None and not create and not path.exists():
+            raise DatabaseUnavailableError(
+                f"no SQLite database at {str(path)!r}; run `usageledger db upgrade` to create it"
+            )
+        kwargs.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+    elif backend is Backend.POSTGRESQL:
+        # Timestamps are stored as naive UTC; make the session agree so that server-side
+        # functions and psql show the same values.
+        kwargs.setdefault("connect_args", {}).setdefault("options", "-c timezone=UTC")
+        kwargs.setdefault("pool_pre_ping", True)
+    else:
+        kwargs.setdefault("connect_args", {}).setdefault("init_command", "SET time_zone='+00:00'")
+        kwargs.setdefault("pool_pre_ping", True)
+    try:
+        engine = sa.create_engine(parsed, **kwargs)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise BadInputError(
+            f"cannot use database URL {display_url(parsed)}: {one_line(exc)}"
+        ) from None
+    if backend is Backend.SQLITE:
+        _configure_sqlite(engine)
+    return engine
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver error as one line with any password masked."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        text = str(exc.orig)
+    else:
+        text = str(exc)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return mask_url_text(first)
+
+
+def check_connection(engine: Engine) -> None:
+    """Connect once, so an unreachable database is a one-line error before any work."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot connect to {display_url(engine.url)}: {one_line(exc)}"
+        ) from None
+
+
+READ_ONLY_OPTION = "usageledger_read_only"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE for writing transactions.
+
+    pysqlite's own transaction handling begins lazily and upgrades read locks to write locks
+    mid-transaction, which fails with SQLITE_BUSY under concurrency instead of waiting; so the
+    driver is put in autocommit mode and SQLAlchemy's `begin` event issues the BEGIN itself.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+        dbapi_connection.create_function(
+            "usageledger_uuid4", 0, lambda: str(uuid.uuid4()), deterministic=False
+        )
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(READ_ONLY_OPTION):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# --- transactions -------------------------------------------------------------------------
+
+
+@contextmanager
+def transaction(
+    engine: Engine, *, isolation: Isolation | None = None, read_only: bool = False
+) -> Iterator[Connection]:
+    """One transaction on its own connection, committed on success, rolled back on error.
+
+    `isolation` applies to this transaction only (SQLite is always serializable). A read-only
+    transaction on SQLite takes no write lock; on PostgreSQL and MariaDB it is declared READ ONLY.
+    """
+    options: dict[str, Any] = {}
+    backend = backend_of(engine)
+    if isolation is not None and backend is not Backend.SQLITE:
+        options["isolation_level"] = isolation.value
+    if read_only:
+        options[READ_ONLY_OPTION] = True
+    with engine.connect() as conn:
+        if options:
+            conn = conn.execution_options(**options)
+        with conn.begin():
+            if read_only and backend is not Backend.SQLITE:
+                conn.execute(sa.text("SET TRANSACTION READ ONLY"))
+            yield conn
+
+
+def new_guid() -> str:
+    """A fresh event or resource guid (SPEC P5)."""
+    return str(uuid.uuid4())
+
+
+def sql_new_guid(bind: Engine | Connection) -> sa.ColumnElement[str]:
+    """A SQL expression that yields a fresh UUID per row, for INSERT…SELECT."""
+    backend = backend_of(bind)
+    if backend is Backend.POSTGRESQL:
+        return sa.cast(sa.func.gen_random_uuid(), sa.String(255))
+    if backend is Backend.MARIADB:
+        return sa.func.uuid(type_=sa.String(255))
+    return sa.func.usageledger_uuid4(type_=sa.String(255))
+
+
+def database_now(conn: Connection) -> datetime:
+    """The database's current time, as an aware UTC datetime.
+
+    SQLite runs inside this process, so the host clock the process reads is the database's.
+    """
+    backend = backend_of(conn)
+    if backend is Backend.SQLITE:
+        return datetime.now(UTC)
+    if backend is Backend.POSTGRESQL:
+        value = conn.execute(sa.text("SELECT statement_timestamp() AT TIME ZONE 'UTC'")).scalar_one()
+    else:
+        value = conn.execute(sa.text("SELECT UTC_TIMESTAMP(6)")).scalar_one()
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC)
+
+
+# --- connections: identify and kill (tests, simulator faults) -----------------------------
+
+
+def connection_id(conn: Connection) -> int:
+    """The server's id for this connection's session (0 on SQLite, which has no server)."""
+    backend = backend_of(conn)
+    if backend is Backend.POSTGRESQL:
+        return int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+    if backend is Backend.MARIADB:
+        return int(conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar_one())
+    return 0
+
+
+def kill_connection(engine: Engine, target_id: int) -> None:
+    """Terminate another session from a fresh connection, as an operator or a crash would."""
+    backend = backend_of(engine)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if backend is Backend.POSTGRESQL:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": target_id})
+        elif backend is Backend.MARIADB:
+            conn.exec_driver_sql(f"KILL {int(target_id)}")
+        else:
+            raise BadInputError("SQLite has no sessions to kill; close the connection instead")
+
+
+# --- the run lock (SPEC B8) ---------------------------------------------------------------
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit key for a PostgreSQL advisory lock."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _mariadb_lock_name(name: str, database: str | None) -> str:
+    # GET_LOCK is server-wide, not per database: qualify by database so that two databases on
+    # one server do not share a lock. Names are limited to 64 characters.
+    full = f"usageledger.{database or ''}.{name}"
+    if len(full) <= 64:
+        return full
+    return "usageledger." + hashlib.blake2b(full.encode(), digest_size=16).hexdigest()
+
+
+_memory_locks: dict[str, threading.Lock] = {}
+_memory_locks_guard = threading.Lock()
+
+
+@attrs.define
+class RunLock:
+    """A held run lock. It lives on one connection (or file handle) for the whole run and is
+    freed by `release()`, by closing that connection, or by the death of the holder."""
+
+    name: str
+    backend: Backend
+    _conn: Connection | None = None
+    _file: IO[bytes] | None = None
+    _thread_lock: threading.Lock | None = None
+    _key: int | str | None = None
+
+    @property
+    def connection(self) -> Connection | None:
+        """The server connection that holds the lock (None on SQLite)."""
+        return self._conn
+
+    def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with suppress(SQLAlchemyError):
+                if self.backend is Backend.POSTGRESQL:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                else:
+                    conn.execute(sa.text("SELECT RELEASE_LOCK(:k)"), {"k": self._key})
+            with suppress(SQLAlchemyError):
+                conn.close()
+        if self._file is not None:
+            handle, self._file = self._file, None
+            handle.close()  # closing the descriptor drops the flock
+        if self._thread_lock is not None:
+            lock, self._thread_lock = self._thread_lock, None
+            lock.release()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _acquire(engine: Engine, name: str, *, wait: bool) -> RunLock | None:
+    backend = backend_of(engine)
+    if backend is Backend.SQLITE:
+        return _acquire_sqlite(engine, name, wait=wait)
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        if backend is Backend.POSTGRESQL:
+            key: int | str = _lock_key(name)
+            if wait:
+                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                got = True
+            else:
+                got = bool(
+                    conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+                )
+        else:
+            key = _mariadb_lock_name(name, engine.url.database)
+            # A positive timeout, and success only when GET_LOCK says 1 (0 = timed out,
+            # NULL = error).
+            timeout = MARIADB_LOCK_POLL_SECONDS if wait else 0
+            while True:
+                result = conn.execute(
+                    sa.text("SELECT GET_LOCK(:k, :t)"), {"k": key, "t": timeout}
+                ).scalar()
+                got = result == 1
+                if got or not wait:
+                    break
+                if result is None:
+                    raise LockHeldError(f"MariaDB refused the run lock {name!r} (GET_LOCK NULL)")
+    except BaseException:
+        conn.close()
+        raise
+    if not got:
+        conn.close()
+        return None
+    return RunLock(name=name, backend=backend, conn=conn, key=key)
+
+
+def _acquire_sqlite(engine: Engine, name: str, *, wait: bool) -> RunLock | None:
+    path = sqlite_path(engine.url)
+    if path is None:
+        # An in-memory database lives and dies with this process; a process-local lock is its
+        # exact equivalent.
+        with _memory_locks_guard:
+            lock = _memory_locks.setdefault(f"{id(engine)}:{name}", threading.Lock())
+        if not lock.acquire(blocking=wait):
+            return None
+        return RunLock(name=name, backend=Backend.SQLITE, thread_lock=lock)
+    # An flock on a file beside the database: the kernel drops it when the descriptor is closed
+    # or the holding process dies, so a crashed holder never leaves the lock behind.
+    lock_path = path.with_name(f"{path.name}.{name}.lock")
+    handle = open(lock_path, "a+b")  # noqa: SIM115 - the handle is the lock; RunLock closes it
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        handle.close()
+        return None
+    except BaseException:
+        handle.close()
+        raise
+    return RunLock(name=name, backend=Backend.SQLITE, file=handle)
+
+
+def try_run_lock(engine: Engine, name: str) -> RunLock | None:
+    """Take the run lock `name` if it is free; None if another holder has it."""
+    return _acquire(engine, name, wait=False)
+
+
+def wait_run_lock(engine: Engine, name: str) -> RunLock:
+    """Take the run lock `name`, waiting for its holder to release it or die."""
+    lock = _acquire(engine, name, wait=True)
+    assert lock is not None
+    return lock
+
+
+def run_lock(engine: Engine, name: str, *, wait: bool) -> RunLock:
+    """Take the run lock, waiting or failing fast with LockHeldError."""
+    if wait:
+        return wait_run_lock(engine, name)
+    lock = try_run_lock(engine, name)
+    if lock is None:
+        raise LockHeldError(
+            f"another run holds the {name} lock on {display_url(engine.url)}; "
+            "wait for it to finish or pass --wait"
+        )
+    return lock
+
+
+# --- databases for test runs --------------------------------------------------------------
+
+
+def create_database(server_url: str | URL, name: str) -> URL:
+    """Create an empty database `name` next to `server_url`'s and return its URL.
+
+    For SQLite, `name` becomes a file beside the URL's file.
+    """
+    parsed = parse_url(server_url)
+    backend = backend_of(parsed)
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise BadInputError(f"invalid database name {name!r}")
+    if backend is Backend.SQLITE:
+        base = sqlite_path(parsed)
+        folder = base.parent if base is not None else Path(".")
+        return parsed.set(database=str(folder / f"{name}.db"))
+    admin = make_engine(parsed, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            if backend is Backend.POSTGRESQL:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            else:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+                conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    finally:
+        admin.dispose()
+    return parsed.set(database=name)
+
+
+def drop_database(url: str | URL) -> None:
+    """Drop the database (or SQLite file) behind `url`."""
+    parsed = parse_url(url)
+    backend = backend_of(parsed)
+    name = parsed.database
+    if backend is Backend.SQLITE:
+        path = sqlite_path(parsed)
+        if path is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with suppress(FileNotFoundError):
+                    Path(f"{path}{suffix}").unlink()
+            for lock_file in path.parent.glob(f"{path.name}.*.lock"):
+                lock_file.unlink()
+        return
+    server = parsed.set(database="postgres" if backend is Backend.POSTGRESQL else None)
+    admin = make_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            if backend is Backend.POSTGRESQL:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            else:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        admin.dispose()
+
+
+# --- online index builds (migrations) -----------------------------------------------------
+
+
+def needs_autocommit_for_online_ddl(bind: Connection) -> bool:
+    """PostgreSQL builds indexes CONCURRENTLY, which cannot run inside a transaction."""
+    return backend_of(bind) is Backend.POSTGRESQL
+
+
+def index_status(conn: Connection, index: sa.Index) -> str:
+    """'valid', 'invalid' (PostgreSQL: left by an interrupted CONCURRENTLY build) or 'missing'."""
+    assert index.table is not None
+    if backend_of(conn) is Backend.POSTGRESQL:
+        valid = conn.execute(
+            sa.text(
+                "SELECT i.indisvalid FROM pg_index i"
+                " JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relname = :name AND n.nspname = current_schema()"
+            ),
+            {"name": index.name},
+        ).scalar()
+        if valid is None:
+            return "missing"
+        return "valid" if valid else "invalid"
+    names = {ix["name"] for ix in sa.inspect(conn).get_indexes(index.table.name)}
+    return "valid" if index.name in names else "missing"
+
+
+def _quoted_columns(conn: Connection, index: sa.Index) -> str:
+    preparer = conn.dialect.identifier_preparer
+    return ", ".join(preparer.quote(str(col.name)) for col in index.columns)
+
+
+def create_index_online(conn: Connection, index: sa.Index) -> None:
+    """Create `index` if it is not there, without blocking writers where the backend can.
+
+    Idempotent. On PostgreSQL an invalid index (from an interrupted CONCURRENTLY build) is not
+    accepted as done: it is dropped and built again.
+    """
+    status = index_status(conn, index)
+    if status == "valid":
+        return
+    if backend_of(conn) is not Backend.POSTGRESQL:
+        index.create(conn)
+        return
+    assert index.table is not None
+    preparer = conn.dialect.identifier_preparer
+    name = preparer.quote(str(index.name))
+    if status == "invalid":
+        log.warning("index %s is invalid (an interrupted concurrent build); rebuilding", index.name)
+        conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    conn.exec_driver_sql(
+        f"CREATE INDEX CONCURRENTLY {name} ON {preparer.format_table(index.table)}"
+        f" ({_quoted_columns(conn, index)})"
+    )
+
+
+def drop_index_online(conn: Connection, index: sa.Index) -> None:
+    """Drop `index` if it exists (CONCURRENTLY on PostgreSQL)."""
+    if index_status(conn, index) == "missing":
+        return
+    if backend_of(conn) is Backend.POSTGRESQL:
+        name = conn.dialect.identifier_preparer.quote(str(index.name))
+        conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    else:
+        index.drop(conn)
+
+
+# --- emptying tables (test runs, simulator runs) ------------------------------------------
+
+
+def truncate_tables(engine: Engine, tables: list[sa.Table]) -> None:
+    """Delete every row of `tables` and restart their ids, as a fresh database would have them."""
+    backend = backend_of(engine)
+    existing = set(sa.inspect(engine).get_table_names())
+    tables = [t for t in tables if t.name in existing]
+    if not tables:
+        return
+    with engine.connect() as conn, conn.begin():
+        preparer = conn.dialect.identifier_preparer
+        if backend is Backend.POSTGRESQL:
+            names = ", ".join(preparer.format_table(t) for t in tables)
+            conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        elif backend is Backend.MARIADB:
+            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
+            try:
+                for table in tables:
+                    conn.exec_driver_sql(f"TRUNCATE TABLE {preparer.format_table(table)}")
+            finally:
+                conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 1")
+        else:
+            for table in reversed(sa.sql.util.sort_tables(tables)):
+                conn.execute(table.delete())
+            if sa.inspect(conn).has_table("sqlite_sequence"):
+                conn.execute(
+                    sa.text("DELETE FROM sqlite_sequence WHERE name IN :names").bindparams(
+                        sa.bindparam("names", expanding=True)
+                    ),
+                    {"names": [t.name for t in tables]},
+                )

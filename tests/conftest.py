@@ -1,0 +1,168 @@
+"""Backend selection for the whole suite.
+
+Every test that takes `db_url`, `engine` or `empty_db_url` runs once per configured backend.
+Backends come from `--db URL` (repeatable) or `USAGELEDGER_TEST_DBS` (space or comma separated);
+by default the embedded SQLite plus the local PostgreSQL and MariaDB servers. Each test run (and
+each xdist worker) gets its own freshly created database per backend, dropped at the end. A
+backend that does not answer is skipped locally and fails the run when `CI` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL, Engine
+
+from usageledger import db, migrations
+from usageledger.schema import metadata
+
+DEFAULT_TEST_DBS = (
+    "sqlite:///usageledger-test.db",
+    "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    "mariadb+pymysql://root@127.0.0.1:3306/test",
+)
+BACKEND_FIXTURES = {"db_url", "engine", "empty_db_url", "backend_url", "backend"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a database server to run backend tests on (repeatable); "
+        "default: $USAGELEDGER_TEST_DBS or SQLite + local PostgreSQL + local MariaDB",
+    )
+
+
+def _configured_urls(config: pytest.Config) -> list[str]:
+    urls: list[str] = list(config.getoption("--db"))
+    if not urls and os.environ.get("USAGELEDGER_TEST_DBS"):
+        urls = os.environ["USAGELEDGER_TEST_DBS"].replace(",", " ").split()
+    return urls or list(DEFAULT_TEST_DBS)
+
+
+def _backend_id(url: str) -> str:
+    return db.backend_of(db.parse_url(url)).value
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if BACKEND_FIXTURES & set(metafunc.fixturenames):
+        urls = _configured_urls(metafunc.config)
+        metafunc.parametrize(
+            "backend_url",
+            [pytest.param(u, id=_backend_id(u), marks=pytest.mark.backend) for u in urls],
+            scope="session",
+        )
+
+
+def _run_tag(config: pytest.Config) -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"ul_test_{os.getpid()}_{worker}_{uuid.uuid4().hex[:6]}"
+
+
+class _Databases:
+    """The databases this test run created, per server URL, and which servers are down."""
+
+    def __init__(self, tag: str, tmp: Path) -> None:
+        self.tag = tag
+        self.tmp = tmp
+        self.migrated: dict[str, URL] = {}
+        self.unavailable: dict[str, str] = {}
+        self.created: list[URL] = []
+        self._counter = 0
+
+    def _fresh(self, server_url: str, suffix: str) -> URL:
+        if server_url in self.unavailable:
+            _missing_backend(server_url, self.unavailable[server_url])
+        parsed = db.parse_url(server_url)
+        if db.backend_of(parsed) is db.Backend.SQLITE:
+            parsed = parsed.set(database=str(self.tmp / "placeholder.db"))
+        try:
+            url = db.create_database(parsed, f"{self.tag}_{suffix}")
+        except Exception as exc:  # the server is down or refuses us
+            self.unavailable[server_url] = db.one_line(exc)
+            _missing_backend(server_url, self.unavailable[server_url])
+        self.created.append(url)
+        return url
+
+    def migrated_url(self, server_url: str) -> URL:
+        if server_url not in self.migrated:
+            url = self._fresh(server_url, "main")
+            engine = db.make_engine(url, create=True)
+            try:
+                migrations.upgrade(engine)
+            finally:
+                engine.dispose()
+            self.migrated[server_url] = url
+        return self.migrated[server_url]
+
+    def empty_url(self, server_url: str) -> URL:
+        self._counter += 1
+        return self._fresh(server_url, f"e{self._counter}")
+
+    def drop_all(self) -> None:
+        for url in self.created:
+            try:
+                db.drop_database(url)
+            except Exception as exc:
+                print(f"could not drop test database {db.display_url(url)}: {db.one_line(exc)}")
+
+
+def _missing_backend(url: str, why: str) -> None:
+    message = f"backend {db.display_url(url)} is not available: {why}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI requires every backend)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def _databases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Databases]:
+    dbs = _Databases(_run_tag(request.config), tmp_path_factory.mktemp("sqlite"))
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture(scope="session")
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """The server URL of the backend this test instance runs on (parametrized)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend_url: str, _databases: _Databases) -> URL:
+    """A database of this run with the schema at head and every table empty, ids restarted."""
+    url = _databases.migrated_url(backend_url)
+    engine = db.make_engine(url)
+    try:
+        db.truncate_tables(engine, list(metadata.sorted_tables))
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(db_url: URL) -> Iterator[Engine]:
+    eng = db.make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def empty_db_url(backend_url: str, _databases: _Databases) -> URL:
+    """A freshly created database without any schema (for migration tests)."""
+    return _databases.empty_url(backend_url)
+
+
+@pytest.fixture
+def backend(backend_url: str) -> db.Backend:
+    return db.backend_of(db.parse_url(backend_url))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return ["backends: " + ", ".join(db.display_url(u) for u in _configured_urls(config))]
+
