@@ -121,7 +121,9 @@ def _missing_backend(url: str, why: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def _databases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Databases]:
+def _databases(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[_Databases]:
     dbs = _Databases(_run_tag(request.config), tmp_path_factory.mktemp("sqlite"))
     yield dbs
     dbs.drop_all()
@@ -166,3 +168,29 @@ def backend(backend_url: str) -> db.Backend:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return ["backends: " + ", ".join(db.display_url(u) for u in _configured_urls(config))]
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tag each report with its backend so the summary can count per backend (works under xdist).
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        url = callspec.params.get("backend_url") if callspec is not None else None
+        item.user_properties.append(("backend", _backend_id(url) if url else "no database"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which backends actually ran, and how many tests each passed, failed or skipped."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            when = getattr(report, "when", None)
+            if when is None or (outcome == "passed" and when != "call"):
+                continue
+            backend = dict(getattr(report, "user_properties", [])).get("backend", "no database")
+            per = counts.setdefault(str(backend), {})
+            per[outcome] = per.get(outcome, 0) + 1
+    if not counts:
+        return
+    terminalreporter.section("backends")
+    for backend in sorted(counts):
+        parts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts[backend].items()))
+        terminalreporter.write_line(f"{backend}: {parts}")

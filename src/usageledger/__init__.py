@@ -1,3 +1,3 @@
-"""usageledger: keep, backfill and consume usage events so billing never loses a running resource."""
+"""usageledger: keep, backfill and consume usage events; billing never loses a running resource."""
 
 __version__ = "0.1.0"

@@ -51,17 +51,20 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if not isinstance(value, datetime):
             raise TypeError(f"expected a datetime, got {type(value).__name__}")
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return value
+        moment: datetime = value
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        return moment
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        assert isinstance(value, datetime)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
+        moment: datetime = value
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
 
 
 def _id() -> Column[int]:
@@ -299,4 +302,146 @@ RESOURCE_TABLES: tuple[Table, ...] = (
     services,
     service_plans,
     service_instances,
+)
+
+# --- the consumer's ledger (SPEC C1, C9, C14) -------------------------------------------------
+# The reference consumer's own tables. They live in the ledger database, which may be the
+# platform's or another one (C14), so they have their own MetaData and their own migrations
+# (usageledger.migrations.ledger, version table `usageledger_ledger_version`); the platform's
+# migrations never create or drop them.
+
+ledger_metadata = MetaData()
+
+#: Longest resource key: a staging key is `parent_app_guid/package_guid` (C13).
+LEDGER_KEY_LENGTH = 511
+
+
+def _consumer(*, primary_key: bool = False) -> Column[str]:
+    return Column("consumer", String(100), nullable=False, primary_key=primary_key)
+
+
+def _resource_key(*, primary_key: bool = False) -> Column[str]:
+    return Column(
+        "resource_guid", String(LEDGER_KEY_LENGTH), nullable=False, primary_key=primary_key
+    )
+
+
+def _footprint_columns() -> list[Column[Any]]:
+    return [
+        Column("instance_count", Integer, nullable=True),
+        Column("memory_in_mb_per_instance", Integer, nullable=True),
+        _str("service_plan_guid", nullable=True),
+    ]
+
+
+def _name_columns() -> list[Column[Any]]:
+    return [
+        Column("name", String(255), nullable=False, server_default=""),
+        Column("space_guid", String(255), nullable=False, server_default=""),
+        Column("org_guid", String(255), nullable=False, server_default=""),
+    ]
+
+
+#: Where each consumer stands in each source table: every id <= position has been applied or
+#: recorded as a permanent hole (C1, C2).
+ledger_cursors = Table(
+    "ledger_cursors",
+    ledger_metadata,
+    _consumer(primary_key=True),
+    Column("source_table", String(64), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("last_event_id", BigInteger, nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+#: Per-resource state (C3): CLOSED, or OPEN with the run's and the open segment's start.
+ledger_resources = Table(
+    "ledger_resources",
+    ledger_metadata,
+    _consumer(primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    _resource_key(primary_key=True),
+    Column("is_open", Boolean, nullable=False),
+    Column("ever_opened", Boolean, nullable=False),
+    Column("last_event_id", BigInteger, nullable=False),
+    Column("run_start", UTCDateTime(), nullable=True),
+    Column("run_start_is_lower_bound", Boolean, nullable=False),
+    Column("run_opened_by_id", BigInteger, nullable=True),
+    _str("run_opened_by_guid", nullable=True),
+    Column("segment_start", UTCDateTime(), nullable=True),
+    Column("segment_start_is_lower_bound", Boolean, nullable=False),
+    Column("segment_opened_by_id", BigInteger, nullable=True),
+    _str("segment_opened_by_guid", nullable=True),
+    Column("segment_approximate_size", Boolean, nullable=False),
+    *_footprint_columns(),
+    *_name_columns(),
+)
+
+#: Closed billed segments with their provenance and flags (C9). Open segments are the OPEN rows
+#: of ledger_resources.
+ledger_segments = Table(
+    "ledger_segments",
+    ledger_metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    _consumer(),
+    Column("kind", String(16), nullable=False),
+    _resource_key(),
+    Column("start_at", UTCDateTime(), nullable=False),
+    Column("end_at", UTCDateTime(), nullable=False),
+    *_footprint_columns(),
+    Column("opened_by_id", BigInteger, nullable=False),
+    _str("opened_by_guid", nullable=False),
+    Column("closed_by_id", BigInteger, nullable=True),
+    _str("closed_by_guid", nullable=True),
+    Column("start_is_lower_bound", Boolean, nullable=False),
+    Column("end_is_repaired", Boolean, nullable=False),
+    Column("gap_close", Boolean, nullable=False),
+    Column("approximate_size", Boolean, nullable=False),
+    *_name_columns(),
+    Index("ledger_segments_resource_index", "consumer", "resource_guid"),
+    sqlite_autoincrement=True,
+)
+
+#: What the consumer reported instead of billing: duplicate and orphan endings, quarantined
+#: states, missed starts, footprint mismatches, retention gaps (C7, C10, C11).
+ledger_findings = Table(
+    "ledger_findings",
+    ledger_metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    _consumer(),
+    Column("code", String(32), nullable=False),
+    Column("source_table", String(64), nullable=False),
+    Column("event_id", BigInteger, nullable=True),
+    _str("event_guid", nullable=True),
+    Column("kind", String(16), nullable=True),
+    Column("resource_guid", String(LEDGER_KEY_LENGTH), nullable=True),
+    _str("state", nullable=True),
+    Column("detail", String(1000), nullable=False, server_default=""),
+    Index("ledger_findings_consumer_index", "consumer", "source_table", "event_id"),
+    sqlite_autoincrement=True,
+)
+
+#: Id gaps the reader met (C2): `open` while waiting out the grace period, `permanent` once the
+#: cursor moved past them, `retention` for a range pruned before the consumer read it (C10).
+ledger_gaps = Table(
+    "ledger_gaps",
+    ledger_metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    _consumer(),
+    Column("source_table", String(64), nullable=False),
+    Column("first_id", BigInteger, nullable=False),
+    Column("last_id", BigInteger, nullable=False),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("resolved_at", UTCDateTime(), nullable=True),
+    Index("ledger_gaps_consumer_index", "consumer", "source_table", "status", "first_id"),
+    sqlite_autoincrement=True,
+)
+
+LEDGER_TABLES: tuple[Table, ...] = (
+    ledger_cursors,
+    ledger_resources,
+    ledger_segments,
+    ledger_findings,
+    ledger_gaps,
 )

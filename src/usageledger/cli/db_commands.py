@@ -81,9 +81,12 @@ def downgrade(revision: str, db_url: str | None, as_json: bool) -> None:
         engine.dispose()
     if as_json:
         emit_json(
-            {"database": db.display_url(engine.url), "from_revision": before, "revision": status.current}
+            {
+                "database": db.display_url(engine.url),
+                "from_revision": before,
+                "revision": status.current,
+            }
         )
     else:
-        stdout().print(
-            f"{db.display_url(engine.url)}: downgraded {before or 'empty'} → {status.current or 'base'}"
-        )
+        after = status.current or "base"
+        stdout().print(f"{db.display_url(engine.url)}: downgraded {before or 'empty'} → {after}")

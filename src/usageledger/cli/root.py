@@ -114,7 +114,9 @@ def run(group: click.Group, argv: Sequence[str]) -> int:
         err.print("error: interrupted", markup=False)
         return 130
     except KeyboardInterrupt:
-        err.print("error: interrupted; the work done so far is committed, rerun to finish", markup=False)
+        err.print(
+            "error: interrupted; the work done so far is committed, rerun to finish", markup=False
+        )
         return 130
     except UsageLedgerError as exc:
         err.print(f"error: {db.mask_url_text(str(exc))}", markup=False)

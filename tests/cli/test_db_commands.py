@@ -1,0 +1,134 @@
+"""The CLI skeleton and `usageledger db …`: JSON output, exit codes, one-line errors, masked
+passwords (SPEC §9)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL
+
+from usageledger import db, migrations
+from usageledger.cli import cli
+from usageledger.cli.root import run
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = run(cli, list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _url(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+def test_db_upgrade_current_downgrade_json(
+    empty_db_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """§9: `db upgrade`, `db current` and `db downgrade` print one JSON document with --json."""
+    url = _url(empty_db_url)
+    code, out, _ = _run(capsys, "db", "upgrade", "--db", url, "--json")
+    assert code == 0
+    assert json.loads(out)["revision"] == migrations.head_revision()
+
+    code, out, _ = _run(capsys, "db", "current", "--db", url, "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["up_to_date"] is True
+    assert document["revision"] == document["head"]
+
+    code, out, _ = _run(capsys, "db", "downgrade", "base", "--db", url, "--json")
+    assert code == 0
+    assert json.loads(out)["revision"] is None
+
+    code, out, _ = _run(capsys, "db", "current", "--db", url, "--json")
+    assert json.loads(out) == {
+        "database": db.display_url(empty_db_url),
+        "revision": None,
+        "head": migrations.head_revision(),
+        "up_to_date": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["db", "current", "--db", "nonsense"], "cannot parse database URL"),
+        (["db", "current", "--db", "foo://x/y"], "unsupported database URL scheme"),
+        (
+            ["db", "current", "--db", "postgresql+psycopg://postgres:hunter2@127.0.0.1:9/x"],
+            "cannot connect",
+        ),
+        (
+            ["db", "upgrade", "--db", "mariadb+pymysql://root:hunter2@127.0.0.1:9/x", "--json"],
+            "cannot connect",
+        ),
+        (["db", "downgrade"], "Missing argument"),
+        (["db", "current", "--no-such-option"], "No such option"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """§9: bad usage or input exits 2 with one `error: …` line, no traceback, no password."""
+    code, out, err = _run(capsys, *args)
+    assert code == 2
+    assert out == ""
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and needle in errors[0]
+    assert "Traceback" not in err
+    assert "hunter2" not in err
+
+
+def test_missing_sqlite_database_is_not_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """§9: `db current` on a path with no database says to run `db upgrade` and creates nothing."""
+    target = tmp_path / "absent.db"
+    code, _, err = _run(capsys, "db", "current", "--db", f"sqlite:///{target}")
+    assert code == 2
+    assert "usageledger db upgrade" in err
+    assert not target.exists()
+
+
+def test_db_downgrade_unknown_revision(db_url: URL, capsys: pytest.CaptureFixture[str]) -> None:
+    """§9: an unknown revision is bad input (exit 2) and the schema stays at head."""
+    code, _, err = _run(capsys, "db", "downgrade", "nope", "--db", _url(db_url))
+    assert code == 2
+    assert err.startswith("error: ")
+    engine = db.make_engine(db_url)
+    try:
+        assert migrations.current(engine).up_to_date
+    finally:
+        engine.dispose()
+
+
+def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
+    """Package: `usageledger` and `python -m usageledger` both run the CLI; the default database
+    is a SQLite file in the working directory."""
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
+    module = subprocess.run(
+        [sys.executable, "-m", "usageledger", "db", "upgrade", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert module.returncode == 0, module.stderr
+    assert (tmp_path / "usageledger.db").exists()
+    script = Path(sys.executable).parent / "usageledger"
+    current = subprocess.run(
+        [str(script), "db", "current", "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert current.returncode == 0, current.stderr
+    assert json.loads(current.stdout)["up_to_date"] is True

@@ -1,0 +1,279 @@
+"""db.py: URLs, engines, transactions, database time, fresh guids and the run lock (issue 2, B8)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+from usageledger import db
+from usageledger.errors import BadInputError, DatabaseUnavailableError, LockHeldError
+
+LOCK = "test-run-lock"
+
+
+# --- URLs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["not a url", "foo://x/y", "oracle://scott:tiger@host/db", "postgresql+asyncpg://u@h/d"],
+)
+def test_bad_urls_are_one_line_bad_input(url: str) -> None:
+    """Bad input: an unparsable or unsupported URL is a BadInputError naming what to use."""
+    with pytest.raises(BadInputError) as info:
+        db.make_engine(url)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "tiger" not in message
+
+
+def test_unreachable_server_masks_the_password() -> None:
+    """Bad input: an unreachable database is one line, and the password is never shown."""
+    engine = db.make_engine("postgresql+psycopg://postgres:hunter2@127.0.0.1:9/nowhere")
+    with pytest.raises(DatabaseUnavailableError) as info:
+        db.check_connection(engine)
+    assert "hunter2" not in str(info.value)
+    assert "***" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_sqlite_file_is_not_created(tmp_path: object) -> None:
+    """Bad input: a SQLite path that does not exist is an error, and no empty file is left."""
+    path = f"{tmp_path}/absent.db"
+    with pytest.raises(DatabaseUnavailableError, match="usageledger db upgrade"):
+        db.make_engine(f"sqlite:///{path}")
+    import os
+
+    assert not os.path.exists(path)
+
+
+def test_default_url_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--db` beats USAGELEDGER_DB, which beats the default SQLite file in the working directory."""
+    monkeypatch.delenv(db.ENV_DB, raising=False)
+    assert db.resolve_url(None) == "sqlite:///usageledger.db"
+    monkeypatch.setenv(db.ENV_DB, "postgresql://u@h/d")
+    assert db.resolve_url(None) == "postgresql://u@h/d"
+    assert db.resolve_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert db.parse_url("postgresql://u@h/d").drivername == "postgresql+psycopg"
+    assert db.parse_url("mariadb://u@h/d").drivername == "mariadb+pymysql"
+
+
+# --- connections and transactions ---------------------------------------------------------
+
+
+def test_database_now_is_utc(engine: Engine) -> None:
+    """P5: the database clock reads the server's time as an aware UTC datetime."""
+    with engine.connect() as conn:
+        now = db.database_now(conn)
+    assert now.tzinfo is not None and now.utcoffset() == timedelta(0)
+    assert abs(now - datetime.now(UTC)) < timedelta(minutes=2)
+
+
+def test_sql_new_guid_is_fresh_per_row(engine: Engine) -> None:
+    """P5: the SQL fresh-UUID expression yields a different valid UUID on every row."""
+    with engine.connect() as conn:
+        values = (
+            conn.execute(
+                sa.select(db.sql_new_guid(conn)).select_from(
+                    sa.union_all(
+                        *(sa.select(sa.literal(i).label("n")) for i in range(5))
+                    ).subquery()
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert len(set(values)) == 5
+    for value in values:
+        uuid.UUID(value)
+
+
+def test_isolation_applies_to_one_transaction(engine: Engine, backend: db.Backend) -> None:
+    """Per-transaction isolation: READ COMMITTED for one transaction, the default afterwards."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip("SQLite transactions are always serializable")
+    query = (
+        "SHOW transaction_isolation"
+        if backend is db.Backend.POSTGRESQL
+        else "SELECT @@tx_isolation"
+    )
+    with engine.connect() as conn:
+        default = str(conn.exec_driver_sql(query).scalar()).replace("-", " ").upper()
+    # Ask for the level that is not the backend's default, so the change is visible.
+    wanted = (
+        db.Isolation.REPEATABLE_READ if default == "READ COMMITTED" else db.Isolation.READ_COMMITTED
+    )
+    with db.transaction(engine, isolation=wanted) as conn:
+        inside = str(conn.exec_driver_sql(query).scalar()).replace("-", " ").upper()
+    with engine.connect() as conn:
+        after = str(conn.exec_driver_sql(query).scalar()).replace("-", " ").upper()
+    assert inside == wanted.value
+    assert after == default != inside
+
+
+def test_read_only_transaction_refuses_writes(engine: Engine) -> None:
+    """Read-only transactions (used by current-state) cannot write on PostgreSQL and MariaDB;
+    on SQLite they take no write lock, so a writer can commit meanwhile."""
+    backend = db.backend_of(engine)
+    if backend is db.Backend.SQLITE:
+        with db.transaction(engine, read_only=True) as reader:
+            reader.execute(sa.text("SELECT count(*) FROM processes")).scalar()
+            with db.transaction(engine) as writer:
+                writer.execute(sa.text("INSERT INTO organizations (guid, name) VALUES ('o', 'o')"))
+        return
+    with pytest.raises(sa.exc.DBAPIError), db.transaction(engine, read_only=True) as conn:
+        conn.execute(sa.text("INSERT INTO organizations (guid, name) VALUES ('o', 'o')"))
+
+
+def test_sqlite_is_set_up_for_concurrent_use(engine: Engine, backend: db.Backend) -> None:
+    """SQLite: WAL journal, a busy timeout, foreign keys on, and writers begin IMMEDIATE so a
+    second writer waits at BEGIN instead of failing halfway through its transaction."""
+    if backend is not db.Backend.SQLITE:
+        pytest.skip("SQLite only")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_MS
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    fast = db.make_engine(engine.url, connect_args={"timeout": 0.05})
+    fast_busy = 50
+
+    @sa.event.listens_for(fast, "connect")
+    def _short_busy(dbapi_connection: object, _record: object) -> None:
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {fast_busy}")  # type: ignore[attr-defined]
+
+    try:
+        # The first writer holds the write lock from BEGIN on, before it wrote anything.
+        with (
+            db.transaction(engine),
+            pytest.raises(sa.exc.OperationalError, match="locked"),
+            db.transaction(fast),
+        ):
+            pass
+    finally:
+        fast.dispose()
+
+
+# --- the run lock (SPEC B8) ---------------------------------------------------------------
+
+
+def test_b8_run_lock_try_fails_while_held(engine: Engine, db_url: URL) -> None:
+    """B8: while one holder has the run lock, a try from another connection fails fast."""
+    other = db.make_engine(db_url)
+    try:
+        with db.run_lock(engine, LOCK, wait=False):
+            assert db.try_run_lock(other, LOCK) is None
+            with pytest.raises(LockHeldError, match="--wait"):
+                db.run_lock(other, LOCK, wait=False)
+        again = db.try_run_lock(other, LOCK)
+        assert again is not None
+        again.release()
+    finally:
+        other.dispose()
+
+
+def test_b8_run_lock_wait_succeeds_after_release(engine: Engine, db_url: URL) -> None:
+    """B8: a waiting taker gets the lock as soon as the holder releases it, not before."""
+    other = db.make_engine(db_url)
+    got = threading.Event()
+    waiter_lock: list[db.RunLock] = []
+
+    def waiter() -> None:
+        waiter_lock.append(db.wait_run_lock(other, LOCK))
+        got.set()
+
+    holder = db.run_lock(engine, LOCK, wait=False)
+    thread = threading.Thread(target=waiter, daemon=True)
+    try:
+        thread.start()
+        assert not got.wait(1.0), "the waiter got the lock while it was held"
+        holder.release()
+        assert got.wait(15.0), "the waiter did not get the lock after release"
+    finally:
+        holder.release()
+        thread.join(20)
+        for lock in waiter_lock:
+            lock.release()
+        other.dispose()
+
+
+def test_b8_run_lock_is_freed_when_the_holder_connection_is_killed(
+    engine: Engine, db_url: URL, backend: db.Backend
+) -> None:
+    """B8: a holder whose session dies (pg_terminate_backend / KILL) frees the lock."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip("SQLite has no server session; see the killed-process test")
+    holder = db.run_lock(engine, LOCK, wait=False)
+    assert holder.connection is not None
+    session = db.connection_id(holder.connection)
+    other = db.make_engine(db_url)
+    try:
+        assert db.try_run_lock(other, LOCK) is None
+        db.kill_connection(other, session)
+        deadline = time.monotonic() + 10
+        lock = None
+        while lock is None and time.monotonic() < deadline:
+            lock = db.try_run_lock(other, LOCK)
+        assert lock is not None, "the lock outlived its killed holder"
+        lock.release()
+    finally:
+        holder.release()
+        other.dispose()
+
+
+def test_b8_run_lock_is_freed_when_the_holder_process_dies(db_url: URL, engine: Engine) -> None:
+    """B8: a holder process killed with SIGKILL (no cleanup runs) leaves the lock free."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from usageledger import db
+        engine = db.make_engine({db_url.render_as_string(hide_password=False)!r})
+        lock = db.run_lock(engine, {LOCK!r}, wait=False)
+        print("held", flush=True)
+        sys.stdin.read()
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "held"
+        assert db.try_run_lock(engine, LOCK) is None
+        child.kill()
+        child.wait(10)
+        deadline = time.monotonic() + 10
+        lock = None
+        while lock is None and time.monotonic() < deadline:
+            lock = db.try_run_lock(engine, LOCK)
+        assert lock is not None, "the lock outlived its killed holder process"
+        lock.release()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
+def test_b8_run_locks_of_different_databases_are_independent(
+    engine: Engine, empty_db_url: URL
+) -> None:
+    """B8: the lock is per database (MariaDB's GET_LOCK is server-wide: the name is qualified)."""
+    other = db.make_engine(empty_db_url, create=True)
+    try:
+        with db.run_lock(engine, LOCK, wait=False):
+            lock = db.try_run_lock(other, LOCK)
+            assert lock is not None
+            lock.release()
+    finally:
+        other.dispose()

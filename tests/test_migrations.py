@@ -1,0 +1,116 @@
+"""Migrations: upgrade, downgrade and upgrade again; the lifecycle indexes built online and
+idempotently; an invalid index from an interrupted PostgreSQL build is rebuilt (SPEC §1)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from usageledger import db, migrations
+from usageledger.errors import BadInputError, SchemaMissingError
+from usageledger.schema import APP_LIFECYCLE_INDEX, LIFECYCLE_INDEXES, metadata
+
+
+def _tables(engine: sa.Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def test_upgrade_downgrade_upgrade_round_trip(empty_db_url: URL) -> None:
+    """Schema: upgrade → downgrade base → upgrade leaves the full schema at head each time."""
+    engine = db.make_engine(empty_db_url, create=True)
+    try:
+        with pytest.raises(SchemaMissingError, match="usageledger db upgrade"):
+            migrations.require_schema(engine)
+        migrations.upgrade(engine)
+        migrations.require_schema(engine)
+        assert {t.name for t in metadata.sorted_tables} <= _tables(engine)
+
+        migrations.downgrade(engine, "0001_base_schema")
+        with engine.connect() as conn:
+            assert [db.index_status(conn, ix) for ix in LIFECYCLE_INDEXES] == ["missing"] * 2
+        with pytest.raises(SchemaMissingError, match="needs"):
+            migrations.require_schema(engine)
+
+        migrations.downgrade(engine, "base")
+        assert not ({t.name for t in metadata.sorted_tables} & _tables(engine))
+        assert migrations.current(engine).current is None
+
+        migrations.upgrade(engine)
+        status = migrations.current(engine)
+        assert status.up_to_date
+        with engine.connect() as conn:
+            assert [db.index_status(conn, ix) for ix in LIFECYCLE_INDEXES] == ["valid"] * 2
+    finally:
+        engine.dispose()
+
+
+def test_lifecycle_index_creation_is_idempotent(empty_db_url: URL) -> None:
+    """Lifecycle indexes: building them again when they exist changes nothing and does not fail."""
+    engine = db.make_engine(empty_db_url, create=True)
+    try:
+        migrations.upgrade(engine)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for index in LIFECYCLE_INDEXES:
+                db.create_index_online(conn, index)
+            indexes = sa.inspect(conn).get_indexes("app_usage_events")
+        names = [ix["name"] for ix in indexes]
+        assert names.count(APP_LIFECYCLE_INDEX.name) == 1
+    finally:
+        engine.dispose()
+
+
+def test_invalid_concurrent_index_is_rebuilt(empty_db_url: URL, backend: db.Backend) -> None:
+    """Lifecycle index on PostgreSQL: an invalid index left by an interrupted CONCURRENTLY build
+    is detected and rebuilt with the right columns, not accepted as done."""
+    if backend is not db.Backend.POSTGRESQL:
+        pytest.skip("only PostgreSQL builds indexes concurrently and can leave an invalid one")
+    engine = db.make_engine(empty_db_url, create=True)
+    try:
+        migrations.upgrade(engine, "0001_base_schema")
+        with engine.begin() as conn:
+            for guid in ("a", "b"):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO app_usage_events (guid, created_at, instance_count,"
+                        " memory_in_mb_per_instance, state, app_guid, app_name, space_guid,"
+                        " space_name, org_guid) VALUES (:g, now(), 1, 1, 'STARTED', 'p', 'a',"
+                        " 's', 's', 'o')"
+                    ),
+                    {"g": guid},
+                )
+        # A concurrent build that fails (duplicate keys) leaves an invalid index behind under the
+        # lifecycle index's name, as a cancelled or crashed build would.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            with pytest.raises(sa.exc.IntegrityError):
+                conn.exec_driver_sql(
+                    f"CREATE UNIQUE INDEX CONCURRENTLY {APP_LIFECYCLE_INDEX.name}"
+                    " ON app_usage_events (state)"
+                )
+            assert db.index_status(conn, APP_LIFECYCLE_INDEX) == "invalid"
+
+        migrations.upgrade(engine)
+
+        with engine.connect() as conn:
+            assert db.index_status(conn, APP_LIFECYCLE_INDEX) == "valid"
+            index = next(
+                ix
+                for ix in sa.inspect(conn).get_indexes("app_usage_events")
+                if ix["name"] == APP_LIFECYCLE_INDEX.name
+            )
+        assert index["column_names"] == ["state", "app_guid", "id"]
+        assert not index["unique"]
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_to_unknown_revision_is_bad_input(empty_db_url: URL) -> None:
+    """`db downgrade REV` with an unknown revision is bad input and changes nothing."""
+    engine = db.make_engine(empty_db_url, create=True)
+    try:
+        migrations.upgrade(engine)
+        with pytest.raises(BadInputError, match="no-such-revision"):
+            migrations.downgrade(engine, "no-such-revision")
+        assert migrations.current(engine).up_to_date
+    finally:
+        engine.dispose()
