@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy.engine import URL, Engine
 
 from usageledger import db, migrations
@@ -25,6 +26,24 @@ DEFAULT_TEST_DBS = (
     "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     "mariadb+pymysql://root@127.0.0.1:3306/test",
 )
+# Hypothesis: "ci" (the default) is derandomized with bounded examples so the suite's time is
+# predictable; "long" is for deliberate verification runs (HYPOTHESIS_PROFILE=long).
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long",
+    max_examples=2000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 BACKEND_FIXTURES = {"db_url", "engine", "empty_db_url", "backend_url", "backend"}
 
 

@@ -33,3 +33,14 @@ class FellBehindRetentionError(UsageLedgerError):
     """A consumer's cursor points below rows that retention already deleted (exit 4)."""
 
     exit_code = 4
+
+
+# --- producer -------------------------------------------------------------------------------
+
+
+class ResourceNotFoundError(BadInputError):
+    """A producer operation named a resource guid that does not exist."""
+
+
+class InvalidTransitionError(BadInputError):
+    """A producer operation asked for a state change the platform does not allow."""
