@@ -23,6 +23,7 @@ from typing import IO, Any
 import attrs
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
@@ -174,10 +175,7 @@ def make_engine(url: str | URL | None = None, *, create: bool = False, **kwargs:
 
 def one_line(exc: BaseException) -> str:
     """A driver error as one line with any password masked."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        text = str(exc.orig)
-    else:
-        text = str(exc)
+    text = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else str(exc)
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return mask_url_text(first)
 
@@ -221,7 +219,12 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(READ_ONLY_OPTION):
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            # An autocommit connection (Alembic's autocommit_block) runs each statement alone;
+            # a BEGIN here would hold the write lock for the whole block.
+            return
+        if options.get(READ_ONLY_OPTION):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -278,7 +281,9 @@ def database_now(conn: Connection) -> datetime:
     if backend is Backend.SQLITE:
         return datetime.now(UTC)
     if backend is Backend.POSTGRESQL:
-        value = conn.execute(sa.text("SELECT statement_timestamp() AT TIME ZONE 'UTC'")).scalar_one()
+        value = conn.execute(
+            sa.text("SELECT statement_timestamp() AT TIME ZONE 'UTC'")
+        ).scalar_one()
     else:
         value = conn.execute(sa.text("SELECT UTC_TIMESTAMP(6)")).scalar_one()
     assert isinstance(value, datetime)
@@ -315,7 +320,8 @@ def kill_connection(engine: Engine, target_id: int) -> None:
 
 def _lock_key(name: str) -> int:
     """A stable signed 64-bit key for a PostgreSQL advisory lock."""
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _mariadb_lock_name(name: str, database: str | None) -> str:
@@ -616,3 +622,356 @@ def truncate_tables(engine: Engine, tables: list[sa.Table]) -> None:
                     ),
                     {"names": [t.name for t in tables]},
                 )
+
+
+# --- backfill -----------------------------------------------------------------------------
+
+
+@contextmanager
+def locked_transaction(
+    engine: Engine, lock: RunLock, *, isolation: Isolation
+) -> Iterator[Connection]:
+    """One transaction of a run that holds `lock` (SPEC B3, B8).
+
+    Where the lock lives on a server connection (PostgreSQL, MariaDB) the transaction runs on
+    that same connection, so the run's work dies with its lock: a holder whose session is killed
+    cannot go on writing while a second run takes the lock. SQLite's lock is a file, so there the
+    transaction gets a connection of its own.
+    """
+    conn = lock.connection
+    if conn is None:
+        with transaction(engine, isolation=isolation) as own:
+            yield own
+        return
+    if conn.in_transaction():
+        # The lock statement ran in autocommit; end SQLAlchemy's bookkeeping transaction so the
+        # isolation level may change (nothing is pending on the server).
+        conn.commit()
+    driver_error = conn.dialect.loaded_dbapi.Error
+    try:
+        conn.execution_options(isolation_level=isolation.value)
+    except driver_error as exc:
+        # The driver raises directly here (no statement of ours ran); a killed lock session
+        # shows up this way, and must read like any other database error.
+        conn.invalidate()
+        raise DBAPIError.instance(None, None, exc, driver_error) from exc
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        # The lock connection idles in autocommit between batches, as it was opened.
+        with suppress(SQLAlchemyError):
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def join_in_written_order(select: sa.Select[Any]) -> sa.Select[Any]:
+    """Ask MariaDB/MySQL to join in the order the FROM clause is written (STRAIGHT_JOIN).
+
+    A backfill batch selects a window of one table's ids and looks the rest up per row; left to
+    itself MariaDB may start from a small joined table and reach the window through an index,
+    joining every row of the platform in every batch. Other backends ignore the hint.
+    """
+    return select.prefix_with("STRAIGHT_JOIN", dialect="mysql").prefix_with(
+        "STRAIGHT_JOIN", dialect="mariadb"
+    )
+
+
+def analyze_tables(engine: Engine, tables: list[sa.Table]) -> None:
+    """Refresh the planner's statistics for `tables` (PostgreSQL: and vacuum them), as
+    autovacuum or a DBA would; for benchmarks that load or delete rows and query at once."""
+    backend = backend_of(engine)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        preparer = conn.dialect.identifier_preparer
+        if backend is Backend.SQLITE:
+            conn.exec_driver_sql("ANALYZE")
+            return
+        for table in tables:
+            name = preparer.format_table(table)
+            if backend is Backend.POSTGRESQL:
+                conn.exec_driver_sql(f"VACUUM ANALYZE {name}")
+            else:
+                conn.exec_driver_sql(f"ANALYZE TABLE {name}").all()
+
+
+# --- retention (cleanup) ------------------------------------------------------------------
+
+
+def use_read_committed(conn: Connection) -> None:
+    """Run this connection's next transactions at READ COMMITTED where the backend has levels.
+
+    Cleanup deletes by explicit id lists; at READ COMMITTED MariaDB takes no gap locks for ids
+    that are already gone, so a concurrent producer's inserts never wait on a cleanup batch.
+    SQLite has one writer at a time and no levels to choose.
+    """
+    if backend_of(conn) is not Backend.SQLITE:
+        conn.execution_options(isolation_level=Isolation.READ_COMMITTED.value)
+
+
+@contextmanager
+def read_only_transaction(conn: Connection) -> Iterator[Connection]:
+    """A read-only transaction on an existing connection (SQLite: a plain BEGIN, no write lock)."""
+    previous = bool(conn.get_execution_options().get(READ_ONLY_OPTION))
+    conn.execution_options(**{READ_ONLY_OPTION: True})
+    try:
+        with conn.begin():
+            yield conn
+    finally:
+        conn.execution_options(**{READ_ONLY_OPTION: previous})
+
+
+def explain(conn: Connection, statement: sa.Executable) -> list[str]:
+    """The backend's query plan for `statement`, one line per plan row (benchmarks, docs)."""
+    backend = backend_of(conn)
+    compiled = statement.compile(  # type: ignore[attr-defined]
+        dialect=conn.dialect, compile_kwargs={"literal_binds": True}
+    )
+    sql = str(compiled)
+    if backend is Backend.SQLITE:
+        rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
+        return [str(row[-1]) for row in rows]
+    if backend is Backend.POSTGRESQL:
+        rows = conn.exec_driver_sql(f"EXPLAIN {sql}").all()
+        return [str(row[0]) for row in rows]
+    result = conn.exec_driver_sql(f"EXPLAIN {sql}")
+    names = list(result.keys())
+    return [
+        " ".join(f"{name}={value}" for name, value in zip(names, row, strict=True))
+        for row in result.all()
+    ]
+
+
+def is_waiting_for_lock(engine: Engine, target_id: int) -> bool:
+    """Whether the session `target_id` is blocked on a row lock right now (tests, simulator)."""
+    backend = backend_of(engine)
+    with engine.connect() as conn:
+        if backend is Backend.POSTGRESQL:
+            waiting = conn.execute(
+                sa.text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
+                {"pid": target_id},
+            ).scalar()
+        elif backend is Backend.MARIADB:
+            waiting = conn.execute(
+                sa.text(
+                    "SELECT COUNT(*) > 0 FROM information_schema.INNODB_TRX"
+                    " WHERE trx_mysql_thread_id = :id AND trx_state = 'LOCK WAIT'"
+                ),
+                {"id": target_id},
+            ).scalar()
+        else:
+            raise BadInputError("SQLite sessions cannot be inspected from another connection")
+    return bool(waiting)
+
+
+def refresh_statistics(engine: Engine, table: sa.Table) -> None:
+    """Bring the planner's statistics up to date after a bulk load (benchmarks, operators).
+
+    PostgreSQL also vacuums (outside a transaction), so a freshly loaded table is measured as a
+    settled one.
+    """
+    backend = backend_of(engine)
+    if backend is Backend.POSTGRESQL:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            name = conn.dialect.identifier_preparer.format_table(table)
+            conn.exec_driver_sql(f"VACUUM ANALYZE {name}")
+        return
+    with engine.begin() as conn:
+        name = conn.dialect.identifier_preparer.format_table(table)
+        if backend is Backend.MARIADB:
+            conn.exec_driver_sql(f"ANALYZE TABLE {name}").all()
+        else:
+            conn.exec_driver_sql(f"ANALYZE {name}")
+
+
+def id_in(
+    bind: Engine | Connection, column: sa.ColumnElement[int], ids: list[int]
+) -> sa.ColumnElement[bool]:
+    """`column IN ids`, as each backend runs a batch of explicit ids best (R8).
+
+    PostgreSQL gets one array parameter (`= ANY`): the statement text is the same for every
+    batch, so it is prepared once instead of parsing a thousand parameters per batch.
+    """
+    if backend_of(bind) is Backend.POSTGRESQL:
+        return column == sa.any_(sa.bindparam(None, ids, type_=postgresql.ARRAY(sa.BigInteger())))
+    return column.in_(ids)
+
+
+# --- simulator ------------------------------------------------------------------------------
+
+
+def dbapi_session_id(dbapi_connection: Any) -> int:
+    """The server session id of a raw driver connection, read without a query (0 on SQLite).
+
+    psycopg exposes the backend pid, PyMySQL the thread id; sqlite3 has neither. The simulator
+    reads this inside its statement gate, where running a query would re-enter the gate.
+    """
+    info = getattr(dbapi_connection, "info", None)
+    pid = getattr(info, "backend_pid", None)
+    if isinstance(pid, int):
+        return pid
+    thread_id = getattr(dbapi_connection, "thread_id", None)
+    if callable(thread_id):
+        return int(thread_id())
+    return 0
+
+
+def blocking_session_ids(engine: Engine, target_id: int) -> list[int]:
+    """The sessions `target_id` waits for on a lock right now; empty when it is not waiting.
+
+    PostgreSQL: pg_blocking_pids, computed from the lock table, so it is empty as soon as the
+    holder has released. MariaDB: the InnoDB lock-wait tables. SQLite cannot be asked from
+    another connection (the simulator models its single writer lock instead).
+    """
+    backend = backend_of(engine)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if backend is Backend.POSTGRESQL:
+            pids = conn.execute(
+                sa.text("SELECT pg_blocking_pids(:pid)"), {"pid": target_id}
+            ).scalar()
+            return sorted(int(p) for p in (pids or []))
+        if backend is Backend.MARIADB:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT b.trx_mysql_thread_id FROM information_schema.INNODB_LOCK_WAITS w"
+                    " JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id"
+                    " JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id"
+                    " WHERE r.trx_mysql_thread_id = :id"
+                ),
+                {"id": target_id},
+            ).scalars()
+            return sorted(int(r) for r in rows)
+    raise BadInputError("SQLite sessions cannot be inspected from another connection")
+
+
+def session_alive(engine: Engine, target_id: int) -> bool:
+    """Whether the server still has the session `target_id` (after a kill it disappears)."""
+    backend = backend_of(engine)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if backend is Backend.POSTGRESQL:
+            count = conn.execute(
+                sa.text("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = :pid"),
+                {"pid": target_id},
+            ).scalar()
+        elif backend is Backend.MARIADB:
+            count = conn.execute(
+                sa.text("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = :id"),
+                {"id": target_id},
+            ).scalar()
+        else:
+            return False
+    return bool(count)
+
+
+def set_sqlite_busy_timeout(engine: Engine, milliseconds: int) -> None:
+    """Make this SQLite engine's connections wait at most `milliseconds` for the write lock.
+
+    The simulator models SQLite's single writer itself and never grants a BEGIN IMMEDIATE while
+    another actor writes, so a wait it did not foresee should surface fast, not after 30 s.
+    No-op on other backends.
+    """
+    if backend_of(engine) is not Backend.SQLITE:
+        return
+
+    @event.listens_for(engine, "connect")
+    def _busy_timeout(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
+        finally:
+            cursor.close()
+
+
+def is_sqlite_write_begin(statement: str) -> bool:
+    """Whether `statement` is the BEGIN IMMEDIATE that takes SQLite's single write lock."""
+    return statement.strip().upper() == "BEGIN IMMEDIATE"
+
+
+# --- reconstruct (the consumer's ledger) --------------------------------------------------
+
+
+def insert_many(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert `rows` (all with the same keys) on the caller's transaction, as fast as the
+    backend allows.
+
+    PostgreSQL: one COPY … FROM STDIN on the transaction's own connection; psycopg would send
+    an executemany as one statement per row, which dominated the consumer's time. Each value
+    first goes through its column type's bind processing, as an INSERT would. Elsewhere: an
+    executemany.
+    """
+    if not rows:
+        return
+    if backend_of(conn) is not Backend.POSTGRESQL:
+        conn.execute(table.insert(), rows)
+        return
+    names = list(rows[0])
+    processors = [
+        (index, process)
+        for index, name in enumerate(names)
+        if (process := table.c[name].type.bind_processor(conn.dialect)) is not None
+    ]
+    preparer = conn.dialect.identifier_preparer
+    columns = ", ".join(preparer.quote(name) for name in names)
+    statement = f"COPY {preparer.format_table(table)} ({columns}) FROM STDIN"
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            values = [row[name] for name in names]
+            for index, process in processors:
+                values[index] = process(values[index])
+            copy.write_row(values)
+
+
+def text_in(
+    bind: Engine | Connection, column: sa.ColumnElement[str], values: list[str]
+) -> sa.ColumnElement[bool]:
+    """`column IN values` for a batch of strings (the consumer's resource guids).
+
+    PostgreSQL gets one array parameter (`= ANY`), as `id_in` does for ids: the same statement
+    text for every batch, and no thousand bind parameters to expand and send one by one.
+    """
+    if backend_of(bind) is Backend.POSTGRESQL:
+        return column == sa.any_(sa.bindparam(None, values, type_=postgresql.ARRAY(sa.String())))
+    return column.in_(values)
+
+
+def copy_rows(
+    conn: Connection, table: sa.Table, names: list[str], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert `rows` (tuples of the columns `names`) on the caller's transaction; see
+    `insert_many`, which this is the positional form of (no dict per row)."""
+    if not rows:
+        return
+    if backend_of(conn) is not Backend.POSTGRESQL:
+        conn.execute(table.insert(), [dict(zip(names, row, strict=True)) for row in rows])
+        return
+    # Only the project's own types (TypeDecorator: UTCDateTime turns aware times into naive
+    # UTC) change a value on the way in; psycopg adapts plain ints, strings and bools itself.
+    processors = [
+        (index, process)
+        for index, name in enumerate(names)
+        if isinstance(table.c[name].type, sa.TypeDecorator)
+        and (process := table.c[name].type.bind_processor(conn.dialect)) is not None
+    ]
+    preparer = conn.dialect.identifier_preparer
+    columns = ", ".join(preparer.quote(name) for name in names)
+    statement = f"COPY {preparer.format_table(table)} ({columns}) FROM STDIN"
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        if not processors:
+            for row in rows:
+                copy.write_row(row)
+            return
+        for row in rows:
+            values = list(row)
+            for index, process in processors:
+                value = values[index]
+                if value is not None:
+                    values[index] = process(value)
+            copy.write_row(values)
+
+
+def text_in_chunk(bind: Engine | Connection) -> int:
+    """How many values one `text_in` should carry: an array parameter on PostgreSQL has no
+    practical bound; elsewhere each value is a bind parameter (SQLite allows 999 in old builds)."""
+    return 10_000 if backend_of(bind) is Backend.POSTGRESQL else 900

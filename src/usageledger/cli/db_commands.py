@@ -15,14 +15,22 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.argument("revision", default="head")
+@click.option(
+    "--skip-was-running-backfill",
+    is_flag=True,
+    help="Apply the seed migrations without seeding baselines (also "
+    f"${migrations.ENV_SKIP_WAS_RUNNING_BACKFILL}=1); run `usageledger backfill` later.",
+)
 @db_option
 @json_option
-def upgrade(revision: str, db_url: str | None, as_json: bool) -> None:
+def upgrade(
+    revision: str, skip_was_running_backfill: bool, db_url: str | None, as_json: bool
+) -> None:
     """Apply migrations up to REVISION (default: head). Creates a SQLite file if needed."""
     engine = open_engine(db_url, create=True, need_schema=False)
     try:
         before = migrations.current(engine).current
-        migrations.upgrade(engine, revision)
+        migrations.upgrade(engine, revision, skip_was_running_backfill=skip_was_running_backfill)
         status = migrations.current(engine)
     finally:
         engine.dispose()

@@ -6,6 +6,7 @@ line and the tests use these, never Alembic's own CLI.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import attrs
@@ -22,6 +23,11 @@ from usageledger.errors import BadInputError, SchemaMissingError
 from usageledger.schema import EVENT_TABLES
 
 VERSION_TABLE = "alembic_version"
+
+#: Set to 1 to apply the seed migrations without seeding (SPEC B9); `usageledger backfill` later.
+ENV_SKIP_WAS_RUNNING_BACKFILL = "USAGELEDGER_SKIP_WAS_RUNNING_BACKFILL"
+#: The config attribute the seed migrations read (see usageledger.backfill.migration).
+SKIP_WAS_RUNNING_BACKFILL = "skip_was_running_backfill"
 
 
 def _config(engine: Engine | None = None) -> Config:
@@ -73,9 +79,16 @@ def _run(engine: Engine, action: str, revision: str, **attributes: object) -> No
         raise BadInputError(f"cannot {action} to {revision!r}: {exc}") from None
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply every migration up to `revision`."""
-    _run(engine, "upgrade", revision)
+def upgrade(
+    engine: Engine, revision: str = "head", *, skip_was_running_backfill: bool = False
+) -> None:
+    """Apply every migration up to `revision`.
+
+    The seed migrations run the backfill unless `skip_was_running_backfill` is true or
+    `$USAGELEDGER_SKIP_WAS_RUNNING_BACKFILL` is 1; skipped, they are still recorded as applied.
+    """
+    skip = skip_was_running_backfill or os.environ.get(ENV_SKIP_WAS_RUNNING_BACKFILL) == "1"
+    _run(engine, "upgrade", revision, **{SKIP_WAS_RUNNING_BACKFILL: skip})
 
 
 def downgrade(engine: Engine, revision: str) -> None:

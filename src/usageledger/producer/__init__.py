@@ -7,17 +7,20 @@ transaction is handled). Other parts of the project drive the platform only thro
 
 from __future__ import annotations
 
-from usageledger.producer.context import (
+from usageledger.event_columns import (
     MANAGED_SERVICE_INSTANCE,
     USER_PROVIDED_SERVICE_INSTANCE,
-    AppContext,
-    ServiceInstanceContext,
     managed_only,
-    read_app_context,
-    read_service_instance_context,
+    package_state_expression,
     service_instance_type_expression,
 )
-from usageledger.producer.package_state import package_state, package_state_expression
+from usageledger.producer.context import (
+    AppContext,
+    ServiceInstanceContext,
+    read_app_context,
+    read_service_instance_context,
+)
+from usageledger.producer.package_state import package_state
 from usageledger.producer.processes import (
     PREVIOUS_PACKAGE_STATE_UNKNOWN,
     ProcessState,

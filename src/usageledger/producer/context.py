@@ -9,7 +9,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from usageledger.errors import ResourceNotFoundError
-from usageledger.producer.package_state import package_state_expression
+from usageledger.event_columns import (
+    managed_only,
+    package_state_expression,
+    service_instance_type_expression,
+)
 from usageledger.schema import (
     apps,
     droplets,
@@ -20,9 +24,6 @@ from usageledger.schema import (
     services,
     spaces,
 )
-
-MANAGED_SERVICE_INSTANCE = "managed_service_instance"
-USER_PROVIDED_SERVICE_INSTANCE = "user_provided_service_instance"
 
 
 @attrs.frozen
@@ -72,23 +73,6 @@ def read_app_context(conn: Connection, app_guid: str) -> AppContext:
         buildpack_name=row.buildpack_name,
         package_state=row.package_state,
     )
-
-
-def service_instance_type_expression(
-    is_gateway_service: sa.ColumnElement[bool],
-) -> sa.ColumnElement[str]:
-    """`managed_service_instance` when `is_gateway_service` is true, else user-provided (P3)."""
-    return sa.case(
-        (is_gateway_service == sa.true(), sa.literal(MANAGED_SERVICE_INSTANCE, sa.String(255))),
-        else_=sa.literal(USER_PROVIDED_SERVICE_INSTANCE, sa.String(255)),
-    )
-
-
-def managed_only(
-    is_gateway_service: sa.ColumnElement[bool], column: sa.ColumnElement[str]
-) -> sa.ColumnElement[str | None]:
-    """`column` for a managed instance, NULL for a user-provided one (P3)."""
-    return sa.case((is_gateway_service == sa.true(), column), else_=sa.null())
 
 
 @attrs.frozen

@@ -1,74 +1,12 @@
-"""The package state of an app, derived once and shared as a SQL expression (SPEC P1, B4).
-
-The producer evaluates this expression in SQL when it writes a process event, and the backfill
-puts the same expression into its INSERT…SELECT, so the two can never disagree.
-"""
+"""The package state of one app (SPEC P1, B4), evaluated by the shared SQL expression in
+`usageledger.event_columns`, so the producer and the backfill can never disagree."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from usageledger.schema import apps, droplets, packages
-
-PACKAGE_STAGED = "STAGED"
-PACKAGE_FAILED = "FAILED"
-PACKAGE_PENDING = "PENDING"
-DROPLET_STAGED = "STAGED"
-DROPLET_FAILED = "FAILED"
-
-
-def package_state_expression(app_guid: sa.ColumnElement[str]) -> sa.ColumnElement[str]:
-    """A scalar SQL expression for the package state of the app whose guid is `app_guid`.
-
-    `FAILED` if the newest droplet of the app's newest package failed; else `STAGED` if the
-    app's current droplet is STAGED and is that newest droplet; else `FAILED` if the newest
-    package failed; else `PENDING` (SPEC B4, as Cloud Controller derives it). "Newest" means the
-    highest id. `app_guid` is usually a column of the enclosing query, at any depth: every
-    subquery correlates explicitly to everything but its own anonymous aliases, so it never
-    captures the caller's own `apps`, `packages` or `droplets`.
-    """
-
-    # The newest package left-joined to its droplets, newest first: the first row holds the
-    # newest package and its newest droplet (NULL when it has none). One correlation level
-    # only, and explicit, so the expression works at any depth of the caller's query.
-    def newest(of_droplet: bool, column: str) -> sa.ScalarSelect[str]:
-        package = packages.alias()
-        droplet = droplets.alias()
-        value = (droplet if of_droplet else package).c[column]
-        return (
-            sa.select(value)
-            .select_from(package.outerjoin(droplet, droplet.c.package_guid == package.c.guid))
-            .where(package.c.app_guid == app_guid)
-            .order_by(package.c.id.desc(), droplet.c.id.desc())
-            .limit(1)
-            .correlate_except(package, droplet)
-            .scalar_subquery()
-        )
-
-    newest_package_state = newest(False, "state")
-    newest_droplet_state = newest(True, "state")
-    newest_droplet_guid = newest(True, "guid")
-    app = apps.alias()
-    current_droplet_guid = (
-        sa.select(app.c.droplet_guid)
-        .where(app.c.guid == app_guid)
-        .limit(1)
-        .correlate_except(app)
-        .scalar_subquery()
-    )
-    return sa.case(
-        (newest_droplet_state == DROPLET_FAILED, sa.literal(PACKAGE_FAILED, sa.String(255))),
-        (
-            sa.and_(
-                newest_droplet_state == DROPLET_STAGED,
-                newest_droplet_guid == current_droplet_guid,
-            ),
-            sa.literal(PACKAGE_STAGED, sa.String(255)),
-        ),
-        (newest_package_state == PACKAGE_FAILED, sa.literal(PACKAGE_FAILED, sa.String(255))),
-        else_=sa.literal(PACKAGE_PENDING, sa.String(255)),
-    )
+from usageledger.event_columns import package_state_expression
 
 
 def package_state(conn: Connection, app_guid: str) -> str:
