@@ -975,3 +975,26 @@ def text_in_chunk(bind: Engine | Connection) -> int:
     """How many values one `text_in` should carry: an array parameter on PostgreSQL has no
     practical bound; elsewhere each value is a bind parameter (SQLite allows 999 in old builds)."""
     return 10_000 if backend_of(bind) is Backend.POSTGRESQL else 900
+
+
+#: Memory PostgreSQL may use per sort or hash in `reconstruct current-state` (its default,
+#: 4 MB, makes the aggregation over every process guid ever seen spill to disk).
+CURRENT_STATE_WORK_MEM_MB = 64
+
+
+def prepare_for_current_state(conn: Connection) -> None:
+    """Planner settings for `reconstruct current-state`'s queries, for the rest of the caller's
+    transaction only (SET LOCAL, allowed in a read-only transaction). PostgreSQL only:
+
+    - work_mem CURRENT_STATE_WORK_MEM_MB, so the per-key aggregation stays in memory;
+    - JIT off: compiling the expressions cost more than it saved on these one-pass queries;
+    - no merge or hash joins: the only join is from the running keys to their last opening by
+      primary key. The planner cannot estimate how few keys run (a comparison of two
+      aggregates) and was seen to scan the whole primary key or hash the whole table for it,
+      where one index probe per running key is what the query needs.
+    """
+    if backend_of(conn) is Backend.POSTGRESQL:
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{CURRENT_STATE_WORK_MEM_MB}MB'")
+        conn.exec_driver_sql("SET LOCAL jit = off")
+        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
+        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")

@@ -1,0 +1,529 @@
+"""The keep-running cleanup of the usage-event tables (SPEC §4).
+
+`cleanup` reads the cutoff once (R1), decides which old openings are superseded in one keyset
+walk by id over the table's lifecycle rows (R5, R6, R11), then deletes in the safe order (R7):
+pass 1 the superseded openings, pass 2 every other old row that is not an opening. Every delete
+is a batch of explicit ids in its own short transaction (R8), so an interrupted run leaves a
+consistent table and the next run finishes it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from usageledger import db
+from usageledger.clock import DEFAULT_CLOCK, Clock
+from usageledger.errors import BadInputError
+from usageledger.lifecycles import Lifecycle, lifecycles_of, opening_states
+from usageledger.retention.decision import (
+    SupersededOpeningsWalk,
+    delete_ids_statement,
+    lifecycle_rows_page_query,
+    newest_id_query,
+    newest_old_id_query,
+    old_rows_page_query,
+)
+from usageledger.schema import EVENT_TABLES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CUTOFF_AGE_IN_DAYS = 31
+DEFAULT_BATCH_SIZE = 1000
+#: Rows per keyset page of the deciding walk: large pages, few round trips, bounded memory.
+DECISION_PAGE_ROWS = 20_000
+
+#: Pass names, as they appear in results, logs and JSON.
+SUPERSEDED_OPENINGS = "superseded_openings"
+NON_OPENINGS = "non_openings"
+ALL_OLD_ROWS = "all_old_rows"
+
+#: The bucket for rows of no lifecycle (staging, BUILDPACK_SET, unknown states).
+NO_LIFECYCLE = "other"
+
+
+@attrs.frozen
+class BatchProgress:
+    """Reported after every committed batch (progress display, operators' hooks)."""
+
+    table: str
+    pass_name: str
+    deleted_in_batch: int
+    deleted_so_far: int
+    planned: int | None
+    """How many rows the pass means to delete, when known before it starts (pass 1)."""
+
+
+OnBatch = Callable[[BatchProgress], None]
+
+
+@attrs.frozen
+class PassResult:
+    """Rows one pass deleted, per lifecycle kind (and `other`), counted from the deletes."""
+
+    name: str
+    deleted: Mapping[str, int]
+    batches: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
+
+
+@attrs.frozen(eq=False)
+class CleanupPlan:
+    """What a run decided before deleting anything, from one read of the table."""
+
+    table: sa.Table
+    cutoff: datetime
+    newest_id: int | None
+    """The highest id when the run started; never deleted with keep_at_least_one_record (R2)."""
+    upper_id: int
+    """The highest id any pass may delete: the newest old row, below `newest_id` under R2."""
+    prunable_openings: Mapping[str, array[int]]
+    """Per lifecycle kind, the ids of the superseded old openings (R5), ascending."""
+    kept_endings: frozenset[int]
+    """Old endings whose run still has a fresh opening; pass 2 leaves them (R7)."""
+
+    @property
+    def planned_openings(self) -> int:
+        return sum(len(ids) for ids in self.prunable_openings.values())
+
+
+@attrs.frozen
+class CleanupResult:
+    """The outcome of one cleanup of one table."""
+
+    table: str
+    cutoff: datetime
+    keep_running_records: bool
+    keep_at_least_one_record: bool
+    passes: tuple[PassResult, ...]
+    kept_endings: int
+    elapsed_seconds: float
+
+    @property
+    def deleted(self) -> int:
+        return sum(p.total for p in self.passes)
+
+    @property
+    def batches(self) -> int:
+        return sum(p.batches for p in self.passes)
+
+    def pass_named(self, name: str) -> PassResult | None:
+        return next((p for p in self.passes if p.name == name), None)
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def resolve_table(table: str | sa.Table) -> sa.Table:
+    """A usage-event table by name, or a Table given directly (R4 checks its lifecycles)."""
+    if isinstance(table, sa.Table):
+        return table
+    found = EVENT_TABLES.get(table)
+    if found is None:
+        raise BadInputError(
+            f"unknown usage-event table {table!r}; use one of {', '.join(EVENT_TABLES)}"
+        )
+    return found
+
+
+def check_cleanup_options(cutoff_age_in_days: object, batch_size: object) -> None:
+    """Reject bad option values before any work (exit 2, nothing written)."""
+    if (
+        not isinstance(cutoff_age_in_days, int)
+        or isinstance(cutoff_age_in_days, bool)
+        or cutoff_age_in_days < 0
+    ):
+        raise BadInputError(
+            f"cutoff age must be a whole number of days >= 0, got {cutoff_age_in_days!r}"
+        )
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise BadInputError(f"batch size must be an integer >= 1, got {batch_size!r}")
+
+
+def check_lifecycles(table: sa.Table, *, keep_running_records: bool) -> tuple[Lifecycle, ...]:
+    """R4: keeping running records needs lifecycles to tell what is running."""
+    lifecycles = lifecycles_of(table.name)
+    if keep_running_records and not lifecycles:
+        raise BadInputError(
+            f"table {table.name!r} declares no lifecycles, so cleanup cannot tell which of its "
+            "rows belong to running resources; refusing to delete (pass "
+            "keep_running_records=False / --no-keep-running-records to delete every old row)"
+        )
+    return lifecycles
+
+
+def cutoff_for(conn: Connection, clock: Clock, cutoff_age_in_days: int) -> datetime:
+    """R1: clock now minus the age, read once per run. Old means created_at < cutoff."""
+    return clock.now(conn) - timedelta(days=cutoff_age_in_days)
+
+
+# --- connections ----------------------------------------------------------------------------
+
+
+@contextmanager
+def _run_connection(bind: Engine | Connection) -> Iterator[Connection]:
+    """One connection for the whole run; each batch is its own transaction on it."""
+    if isinstance(bind, Connection):
+        if bind.in_transaction():
+            raise ValueError("cleanup runs its own transactions; pass a connection outside one")
+        db.use_read_committed(bind)
+        yield bind
+        return
+    with bind.connect() as conn:
+        db.use_read_committed(conn)
+        yield conn
+
+
+def _delete_batch(
+    conn: Connection, table: sa.Table, groups: Mapping[str, list[int]]
+) -> dict[str, int]:
+    """Delete one batch in one transaction; per-bucket counts come from the DELETE rowcounts."""
+    counts: dict[str, int] = {}
+    with conn.begin():
+        for bucket, ids in groups.items():
+            if ids:
+                counts[bucket] = conn.execute(delete_ids_statement(conn, table, ids)).rowcount
+    return counts
+
+
+# --- the decision ---------------------------------------------------------------------------
+
+
+def plan_cleanup(
+    bind: Engine | Connection,
+    table: str | sa.Table,
+    *,
+    cutoff: datetime,
+    keep_at_least_one_record: bool = True,
+) -> CleanupPlan:
+    """Decide, in one read-only transaction, what the keep-running passes delete.
+
+    One keyset walk by id over the lifecycle rows up to the newest old row (R11); the result
+    holds ids only, so the deletes that follow never re-run a filtered query (R8).
+    """
+    resolved = resolve_table(table)
+    lifecycles = check_lifecycles(resolved, keep_running_records=True)
+    with _run_connection(bind) as conn, db.read_only_transaction(conn):
+        return _plan(conn, resolved, lifecycles, cutoff, keep_at_least_one_record)
+
+
+def _plan(
+    conn: Connection,
+    table: sa.Table,
+    lifecycles: Sequence[Lifecycle],
+    cutoff: datetime,
+    keep_at_least_one_record: bool,
+) -> CleanupPlan:
+    newest_id = conn.execute(newest_id_query(table)).scalar()
+    newest_old_id = conn.execute(newest_old_id_query(table, cutoff=cutoff)).scalar()
+    if newest_id is None or newest_old_id is None:
+        return CleanupPlan(
+            table=table,
+            cutoff=cutoff,
+            newest_id=newest_id,
+            upper_id=0,
+            prunable_openings={lc.kind: array("q") for lc in lifecycles},
+            kept_endings=frozenset(),
+        )
+    upper_id = newest_old_id
+    if keep_at_least_one_record:
+        upper_id = min(upper_id, newest_id - 1)  # R2
+    walk = SupersededOpeningsWalk(lifecycles)
+    after_id = 0
+    while lifecycles and after_id < newest_old_id:
+        # The walk reads up to the newest old row (the newest row is still evidence); only
+        # ids up to upper_id are ever deleted.
+        page = conn.execute(
+            lifecycle_rows_page_query(
+                table,
+                lifecycles,
+                cutoff=cutoff,
+                after_id=after_id,
+                upper_id=newest_old_id,
+                limit=DECISION_PAGE_ROWS,
+            )
+        ).all()
+        if not page:
+            break
+        after_id = walk.feed(page)
+    prunable = {
+        kind: array("q", sorted(i for i in ids if i <= upper_id))
+        for kind, ids in walk.prunable.items()
+    }
+    kept = walk.kept_endings
+    return CleanupPlan(
+        table=table,
+        cutoff=cutoff,
+        newest_id=newest_id,
+        upper_id=upper_id,
+        prunable_openings=prunable,
+        kept_endings=frozenset(kept),
+    )
+
+
+# --- the passes -----------------------------------------------------------------------------
+
+
+def prune_superseded_openings(
+    bind: Engine | Connection,
+    plan: CleanupPlan,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: OnBatch | None = None,
+) -> PassResult:
+    """Pass 1 (R7): delete the planned superseded openings, while their evidence still exists."""
+    check_cleanup_options(0, batch_size)
+    table = plan.table
+    deleted = {kind: 0 for kind in plan.prunable_openings}
+    batches = 0
+    so_far = 0
+    planned = plan.planned_openings
+    # All lifecycles together in id order: each batch touches neighbouring rows (and pages).
+    in_id_order = heapq.merge(
+        *[zip(ids, itertools.repeat(kind)) for kind, ids in plan.prunable_openings.items()]
+    )
+    with _run_connection(bind) as conn:
+        while chunk := list(itertools.islice(in_id_order, batch_size)):
+            groups: dict[str, list[int]] = {}
+            for row_id, kind in chunk:
+                groups.setdefault(kind, []).append(row_id)
+            counts = _delete_batch(conn, table, groups)
+            batches += 1
+            done = sum(counts.values())
+            for kind, count in counts.items():
+                deleted[kind] += count
+            so_far += done
+            if on_batch is not None:
+                on_batch(BatchProgress(table.name, SUPERSEDED_OPENINGS, done, so_far, planned))
+    result = PassResult(SUPERSEDED_OPENINGS, deleted, batches)
+    log.info("%s: pass 1 deleted %s superseded openings %s", table.name, result.total, deleted)
+    return result
+
+
+def prune_non_openings(
+    bind: Engine | Connection,
+    plan: CleanupPlan,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: OnBatch | None = None,
+) -> PassResult:
+    """Pass 2 (R7): delete every old row whose state opens no lifecycle, walking by id.
+
+    Run it only after pass 1 of the same plan: an ending must outlive the openings it closes.
+    """
+    table = plan.table
+    lifecycles = lifecycles_of(table.name)
+    bucket_of = {state: lc.kind for lc in lifecycles for state in lc.endings}
+    return _walk_old_rows(
+        bind,
+        table,
+        plan,
+        pass_name=NON_OPENINGS,
+        except_states=sorted(opening_states(table.name)),
+        keep=plan.kept_endings,
+        buckets=[lc.kind for lc in lifecycles],
+        bucket_of=bucket_of,
+        batch_size=batch_size,
+        on_batch=on_batch,
+    )
+
+
+def _walk_old_rows(
+    bind: Engine | Connection,
+    table: sa.Table,
+    plan: CleanupPlan,
+    *,
+    pass_name: str,
+    except_states: Sequence[str],
+    keep: frozenset[int],
+    buckets: Sequence[str],
+    bucket_of: Mapping[str, str],
+    batch_size: int,
+    on_batch: OnBatch | None,
+) -> PassResult:
+    """Keyset walk over old rows by id (R11): each page starts after the previous one."""
+    check_cleanup_options(0, batch_size)
+    deleted = {bucket: 0 for bucket in (*buckets, NO_LIFECYCLE)}
+    batches = 0
+    so_far = 0
+    after_id = 0
+    with _run_connection(bind) as conn:
+        while after_id < plan.upper_id:
+            query = old_rows_page_query(
+                table,
+                cutoff=plan.cutoff,
+                after_id=after_id,
+                upper_id=plan.upper_id,
+                limit=batch_size,
+                except_states=except_states,
+            )
+            with conn.begin():
+                page = conn.execute(query).all()
+                if not page:
+                    break
+                after_id = page[-1][0]
+                groups: dict[str, list[int]] = {}
+                for row_id, state in page:
+                    if row_id not in keep:
+                        groups.setdefault(bucket_of.get(state, NO_LIFECYCLE), []).append(row_id)
+                counts = {
+                    bucket: conn.execute(delete_ids_statement(conn, table, ids)).rowcount
+                    for bucket, ids in groups.items()
+                }
+            batches += 1
+            done = sum(counts.values())
+            for bucket, count in counts.items():
+                deleted[bucket] = deleted.get(bucket, 0) + count
+            so_far += done
+            if on_batch is not None:
+                on_batch(BatchProgress(table.name, pass_name, done, so_far, None))
+    result = PassResult(pass_name, deleted, batches)
+    log.info("%s: %s deleted %s rows %s", table.name, pass_name, result.total, deleted)
+    return result
+
+
+def prune_all_old_rows(
+    bind: Engine | Connection,
+    plan: CleanupPlan,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: OnBatch | None = None,
+) -> PassResult:
+    """R3: without keep_running_records every old row goes (R2 still applies via the plan)."""
+    table = plan.table
+    lifecycles = lifecycles_of(table.name)
+    bucket_of = {state: lc.kind for lc in lifecycles for state in lc.states}
+    return _walk_old_rows(
+        bind,
+        table,
+        plan,
+        pass_name=ALL_OLD_ROWS,
+        except_states=(),
+        keep=frozenset(),
+        buckets=[lc.kind for lc in lifecycles],
+        bucket_of=bucket_of,
+        batch_size=batch_size,
+        on_batch=on_batch,
+    )
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def cleanup(
+    bind: Engine | Connection,
+    table: str | sa.Table,
+    *,
+    cutoff_age_in_days: int = DEFAULT_CUTOFF_AGE_IN_DAYS,
+    keep_at_least_one_record: bool = True,
+    keep_running_records: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    clock: Clock = DEFAULT_CLOCK,
+    on_batch: OnBatch | None = None,
+) -> CleanupResult:
+    """Clean one usage-event table (SPEC §4) and say what was deleted."""
+    return cleanup_tables(
+        bind,
+        [table],
+        cutoff_age_in_days=cutoff_age_in_days,
+        keep_at_least_one_record=keep_at_least_one_record,
+        keep_running_records=keep_running_records,
+        batch_size=batch_size,
+        clock=clock,
+        on_batch=on_batch,
+    )[0]
+
+
+def cleanup_tables(
+    bind: Engine | Connection,
+    tables: Sequence[str | sa.Table],
+    *,
+    cutoff_age_in_days: int = DEFAULT_CUTOFF_AGE_IN_DAYS,
+    keep_at_least_one_record: bool = True,
+    keep_running_records: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    clock: Clock = DEFAULT_CLOCK,
+    on_batch: OnBatch | None = None,
+) -> tuple[CleanupResult, ...]:
+    """Clean several tables in one run, with one cutoff read once for all of them (R1).
+
+    Every check (options, table names, R4) happens before the first delete.
+    """
+    check_cleanup_options(cutoff_age_in_days, batch_size)
+    resolved = [resolve_table(t) for t in tables]
+    for t in resolved:
+        check_lifecycles(t, keep_running_records=keep_running_records)
+    results: list[CleanupResult] = []
+    with _run_connection(bind) as conn:
+        with db.read_only_transaction(conn):
+            cutoff = cutoff_for(conn, clock, cutoff_age_in_days)
+        log.info("cleanup: cutoff %s (%s days)", cutoff.isoformat(), cutoff_age_in_days)
+        for t in resolved:
+            results.append(
+                _cleanup_table(
+                    conn,
+                    t,
+                    cutoff=cutoff,
+                    keep_at_least_one_record=keep_at_least_one_record,
+                    keep_running_records=keep_running_records,
+                    batch_size=batch_size,
+                    on_batch=on_batch,
+                )
+            )
+    return tuple(results)
+
+
+def _cleanup_table(
+    conn: Connection,
+    table: sa.Table,
+    *,
+    cutoff: datetime,
+    keep_at_least_one_record: bool,
+    keep_running_records: bool,
+    batch_size: int,
+    on_batch: OnBatch | None,
+) -> CleanupResult:
+    started = time.perf_counter()  # elapsed work time, not domain time: no Clock needed
+    lifecycles = lifecycles_of(table.name)
+    with db.read_only_transaction(conn):
+        # R3 needs no decision: only the id bounds.
+        decided = lifecycles if keep_running_records else ()
+        plan = _plan(conn, table, decided, cutoff, keep_at_least_one_record)
+    passes: tuple[PassResult, ...]
+    if keep_running_records:
+        passes = (
+            prune_superseded_openings(conn, plan, batch_size=batch_size, on_batch=on_batch),
+            prune_non_openings(conn, plan, batch_size=batch_size, on_batch=on_batch),
+        )
+    else:
+        passes = (prune_all_old_rows(conn, plan, batch_size=batch_size, on_batch=on_batch),)
+    result = CleanupResult(
+        table=table.name,
+        cutoff=cutoff,
+        keep_running_records=keep_running_records,
+        keep_at_least_one_record=keep_at_least_one_record,
+        passes=passes,
+        kept_endings=len(plan.kept_endings),
+        elapsed_seconds=time.perf_counter() - started,
+    )
+    log.info(
+        "%s: deleted %s rows in %s batches, %.2fs",
+        table.name,
+        result.deleted,
+        result.batches,
+        result.elapsed_seconds,
+    )
+    return result

@@ -1,0 +1,408 @@
+"""Every retention rule by name (SPEC R1–R10), on every backend, with hand-written histories."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tests.retention.history import (
+    CUTOFF,
+    CUTOFF_DAYS,
+    FRESH,
+    NOW,
+    OLD,
+    Event,
+    clock,
+    days_ago,
+    load,
+    remaining_ids,
+)
+from tests.retention.model import kept_after_cleanup, safety_violations
+from usageledger.errors import BadInputError
+from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS
+from usageledger.retention import (
+    NO_LIFECYCLE,
+    NON_OPENINGS,
+    SUPERSEDED_OPENINGS,
+    CleanupResult,
+    cleanup,
+    cleanup_tables,
+)
+
+APP = APP_USAGE_EVENTS
+SVC = SERVICE_USAGE_EVENTS
+
+
+def ev(state: str, key: str, when: object = OLD) -> Event:
+    assert not isinstance(when, str)
+    return Event(state, key, when)  # type: ignore[arg-type]
+
+
+def run(
+    engine: Engine,
+    table: str,
+    events: Sequence[Event],
+    *,
+    keep: Sequence[int],
+    **options: object,
+) -> CleanupResult:
+    """Load `events`, clean, and check that exactly the events at positions `keep` survive,
+    as the model says, and that the table stays safe (I6)."""
+    stored = load(engine, table, events)
+    result = cleanup(
+        engine, table, cutoff_age_in_days=CUTOFF_DAYS, clock=clock(), batch_size=2, **options
+    )
+    remaining = remaining_ids(engine, table)
+    expected = {stored[i].id for i in keep}
+    assert remaining == expected, [
+        (i, e.state, e.key, "kept" if s.id in remaining else "deleted")
+        for i, (e, s) in enumerate(zip(events, stored, strict=True))
+    ]
+    assert remaining == kept_after_cleanup(stored, table, CUTOFF, **options)  # type: ignore[arg-type]
+    if options.get("keep_running_records", True):
+        assert safety_violations(stored, table, remaining) == []
+    assert result.deleted == len(events) - len(keep)
+    return result
+
+
+def test_r5_old_opening_without_ending_is_kept(engine: Engine) -> None:
+    """R5: a running resource's only (old) opening stays."""
+    run(engine, APP, [ev("STARTED", "p1"), ev("STARTED", "p2", FRESH)], keep=[0, 1])
+
+
+def test_r6_old_opening_with_fresh_ending_is_kept_with_its_ending(engine: Engine) -> None:
+    """R6: a fresh ending is no evidence that the run is over; both rows stay."""
+    run(engine, APP, [ev("STARTED", "p1"), ev("STOPPED", "p1", FRESH)], keep=[0, 1])
+
+
+def test_r5_ending_with_lower_id_does_not_close_opening(engine: Engine) -> None:
+    """R5(a): only an ending with a HIGHER id closes an opening; the orphan ending goes."""
+    run(
+        engine,
+        APP,
+        [ev("STOPPED", "p1"), ev("STARTED", "p1"), ev("STARTED", "p9", FRESH)],
+        keep=[1, 2],
+    )
+
+
+def test_r5_pairing_follows_id_not_created_at(engine: Engine) -> None:
+    """R5: order is by id even when created_at says the ending came first."""
+    run(
+        engine,
+        APP,
+        [
+            ev("STARTED", "p1", days_ago(50)),
+            ev("STOPPED", "p1", days_ago(60)),  # older by time, later by id: it closes the run
+            ev("STOPPED", "p2", days_ago(60)),
+            ev("STARTED", "p2", days_ago(70)),  # later by id: p2 is running
+            ev("STARTED", "p9", FRESH),
+        ],
+        keep=[3, 4],
+    )
+
+
+def test_r5_two_complete_old_runs_are_deleted_whole(engine: Engine) -> None:
+    """R5(a), R7: two finished old runs of one process leave nothing behind."""
+    run(
+        engine,
+        APP,
+        [
+            ev("STARTED", "p1"),
+            ev("STARTED", "p1"),
+            ev("STOPPED", "p1"),
+            ev("STARTED", "p1"),
+            ev("STOPPED", "p1"),
+            ev("STARTED", "p9", FRESH),
+        ],
+        keep=[5],
+    )
+
+
+def test_r7_orphan_old_ending_is_deleted(engine: Engine) -> None:
+    """R7 pass 2: an old ending with nothing to close goes."""
+    run(engine, APP, [ev("STOPPED", "p1"), ev("STARTED", "p9", FRESH)], keep=[1])
+
+
+def test_r5_three_old_openings_keep_first_and_latest(engine: Engine) -> None:
+    """R5(b): a running process scaled twice keeps its true start and its current size."""
+    result = run(
+        engine,
+        APP,
+        [ev("STARTED", "p1"), ev("STARTED", "p1"), ev("STARTED", "p1"), ev("STARTED", "x", FRESH)],
+        keep=[0, 2, 3],
+    )
+    superseded = result.pass_named(SUPERSEDED_OPENINGS)
+    assert superseded is not None and superseded.deleted["app"] == 1
+
+
+def test_r6_fresh_latest_opening_protects_old_middle_opening(engine: Engine) -> None:
+    """R6: a later opening counts only when old; the old middle opening is the latest old one."""
+    run(
+        engine,
+        APP,
+        [ev("STARTED", "p1"), ev("STARTED", "p1"), ev("STARTED", "p1", FRESH)],
+        keep=[0, 1, 2],
+    )
+
+
+def test_r5_closed_run_then_running_run_keeps_only_running_openings(engine: Engine) -> None:
+    """R5: the closed pair goes; the running run keeps its first and latest opening."""
+    run(
+        engine,
+        APP,
+        [
+            ev("STARTED", "p1"),
+            ev("STOPPED", "p1"),
+            ev("STARTED", "p1"),
+            ev("STARTED", "p1"),
+            ev("STARTED", "p1"),
+            ev("STARTED", "x", FRESH),
+        ],
+        keep=[2, 4, 5],
+    )
+
+
+def test_r5_baselines_follow_the_same_rules(engine: Engine) -> None:
+    """R5: WAS_RUNNING is an opening like STARTED: a closed baseline goes, a running one stays."""
+    run(
+        engine,
+        APP,
+        [
+            ev("WAS_RUNNING", "p1"),
+            ev("STOPPED", "p1"),
+            ev("WAS_RUNNING", "p1"),
+            ev("STARTED", "p1"),
+            ev("STARTED", "p1"),
+            ev("STARTED", "x", FRESH),
+        ],
+        keep=[2, 4, 5],
+    )
+
+
+def test_r9_tasks_pair_by_task_guid_only(engine: Engine) -> None:
+    """R9: another task's TASK_STOPPED never closes this task; all task rows have app_guid ''."""
+    run(
+        engine,
+        APP,
+        [
+            ev("TASK_STARTED", "t1"),
+            ev("TASK_STARTED", "t2"),
+            ev("TASK_STOPPED", "t2"),
+            ev("TASK_STARTED", "t3", FRESH),
+        ],
+        keep=[0, 3],
+    )
+
+
+def test_r9_baselines_of_different_tasks_are_all_kept(engine: Engine) -> None:
+    """R9: one TASK_WAS_RUNNING per running task; none supersedes another (SPEC §2)."""
+    run(
+        engine,
+        APP,
+        [ev("TASK_WAS_RUNNING", f"t{i}") for i in range(4)] + [ev("STARTED", "x", FRESH)],
+        keep=[0, 1, 2, 3, 4],
+    )
+
+
+def test_r5_service_created_updated_updated_keeps_created_and_last_updated(
+    engine: Engine,
+) -> None:
+    """R5(b): a service instance keeps its CREATED and its latest UPDATED."""
+    run(
+        engine,
+        SVC,
+        [
+            ev("CREATED", "s1"),
+            ev("UPDATED", "s1"),
+            ev("UPDATED", "s1"),
+            ev("CREATED", "s2"),
+            ev("DELETED", "s2"),
+            ev("CREATED", "s9", FRESH),
+        ],
+        keep=[0, 2, 5],
+    )
+
+
+def test_r7_non_lifecycle_old_rows_go(engine: Engine) -> None:
+    """R7 pass 2: staging, BUILDPACK_SET and unknown states that are old are deleted."""
+    result = run(
+        engine,
+        APP,
+        [
+            ev("STAGING_STARTED", "b1"),
+            ev("STAGING_STOPPED", "b1"),
+            ev("BUILDPACK_SET", "b2"),
+            ev("SOMETHING_NEW", "b3"),
+            ev("STAGING_STARTED", "b4", FRESH),
+        ],
+        keep=[4],
+    )
+    non_openings = result.pass_named(NON_OPENINGS)
+    assert non_openings is not None and non_openings.deleted[NO_LIFECYCLE] == 4
+
+
+def test_r2_newest_row_survives_when_everything_is_old(engine: Engine) -> None:
+    """R2: with every row old, the highest id stays (a caught-up consumer's cursor resolves)."""
+    run(engine, APP, [ev("STARTED", "p1"), ev("STOPPED", "p1"), ev("STOPPED", "p2")], keep=[2])
+    run(engine, SVC, [ev("CREATED", "s1"), ev("DELETED", "s1")], keep=[1])
+
+
+def test_r2_without_keep_at_least_one_record_everything_old_goes(engine: Engine) -> None:
+    """R2 is an option: switched off, an all-old table of finished runs empties."""
+    run(
+        engine,
+        APP,
+        [ev("STARTED", "p1"), ev("STOPPED", "p1")],
+        keep=[],
+        keep_at_least_one_record=False,
+    )
+
+
+def test_r3_without_keep_running_records_every_old_row_goes(engine: Engine) -> None:
+    """R3: running resources lose their old openings too; fresh rows and the newest stay."""
+    run(
+        engine,
+        APP,
+        [
+            ev("STARTED", "p1"),
+            ev("TASK_STARTED", "t1"),
+            ev("STARTED", "p2", FRESH),
+            ev("STOPPED", "p3"),
+        ],
+        keep=[2, 3],
+        keep_running_records=False,
+    )
+
+
+def test_r1_cutoff_is_clock_now_minus_age_and_old_is_strictly_before(engine: Engine) -> None:
+    """R1: created_at exactly at the cutoff is not old."""
+    events = [
+        ev("STAGING_STARTED", "b1", CUTOFF - timedelta(microseconds=1)),
+        ev("STAGING_STARTED", "b2", CUTOFF),
+        ev("STAGING_STARTED", "b3", FRESH),
+    ]
+    result = run(engine, APP, events, keep=[1, 2])
+    assert result.cutoff == NOW - timedelta(days=CUTOFF_DAYS)
+
+
+def test_r1_one_cutoff_for_both_tables(engine: Engine) -> None:
+    """R1: a run over both tables reads the clock once and reports the same cutoff for each."""
+    load(engine, SVC, [ev("CREATED", "s1"), ev("DELETED", "s1"), ev("CREATED", "s9", FRESH)])
+    load(engine, APP, [ev("STARTED", "p1"), ev("STOPPED", "p1"), ev("STARTED", "p9", FRESH)])
+    results = cleanup_tables(engine, [APP, SVC], cutoff_age_in_days=CUTOFF_DAYS, clock=clock())
+    assert [r.cutoff for r in results] == [CUTOFF, CUTOFF]
+    assert [r.deleted for r in results] == [2, 2]
+
+
+def test_r4_table_without_lifecycles_refuses_keep_running(engine: Engine) -> None:
+    """R4: a table with no declared lifecycles is an error, and nothing is deleted."""
+    meta = sa.MetaData()
+    audit = sa.Table(
+        "retention_test_audit_events",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("state", sa.String(255), nullable=False),
+    )
+    meta.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                audit.insert(),
+                [
+                    {"id": 1, "created_at": OLD.replace(tzinfo=None), "state": "X"},
+                    {"id": 2, "created_at": OLD.replace(tzinfo=None), "state": "X"},
+                ],
+            )
+        with pytest.raises(BadInputError, match="declares no lifecycles"):
+            cleanup(engine, audit, cutoff_age_in_days=CUTOFF_DAYS, clock=clock())
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar() == 2
+        # R3 on such a table is allowed: delete every old row but the newest.
+        result = cleanup(
+            engine, audit, cutoff_age_in_days=CUTOFF_DAYS, clock=clock(), keep_running_records=False
+        )
+        assert result.deleted == 1
+    finally:
+        meta.drop_all(engine)
+
+
+def test_r10_second_run_deletes_nothing(engine: Engine) -> None:
+    """R10: a second cleanup right after the first deletes nothing."""
+    events = [
+        ev("STARTED", "p1"),
+        ev("STARTED", "p1"),
+        ev("STARTED", "p1"),
+        ev("STOPPED", "p2"),
+        ev("STARTED", "p3"),
+        ev("STOPPED", "p3", FRESH),
+        ev("STAGING_STARTED", "b1"),
+        ev("STARTED", "p1", FRESH),
+    ]
+    load(engine, APP, events)
+    first = cleanup(engine, APP, cutoff_age_in_days=CUTOFF_DAYS, clock=clock(), batch_size=1)
+    assert first.deleted > 0
+    second = cleanup(engine, APP, cutoff_age_in_days=CUTOFF_DAYS, clock=clock(), batch_size=1)
+    assert second.deleted == 0 and second.batches == 0
+
+
+def test_r6_fresh_ending_between_old_openings_is_a_run_boundary(engine: Engine) -> None:
+    """R6: a fresh ending (out of id order by time) separates two runs: both starts stay."""
+    run(
+        engine,
+        APP,
+        [
+            ev("STARTED", "p1"),
+            ev("STOPPED", "p1", FRESH),
+            ev("STARTED", "p1"),
+            ev("STARTED", "p1"),
+        ],
+        keep=[0, 1, 2, 3],
+    )
+
+
+def test_r7_old_ending_of_a_fresh_opening_is_kept(engine: Engine) -> None:
+    """R7 invariant: an old ending whose (fresh, lower-id) opening stays is not deleted."""
+    run(
+        engine,
+        APP,
+        [ev("STARTED", "p1", FRESH), ev("STOPPED", "p1"), ev("STARTED", "x", FRESH)],
+        keep=[0, 1, 2],
+    )
+
+
+def test_r8_counts_come_per_pass_and_lifecycle(engine: Engine) -> None:
+    """R8: the result counts deleted rows per pass and lifecycle; batches respect batch_size."""
+    result = run(
+        engine,
+        APP,
+        [
+            ev("STARTED", "p1"),
+            ev("STOPPED", "p1"),
+            ev("TASK_STARTED", "t1"),
+            ev("TASK_STOPPED", "t1"),
+            ev("STAGING_STARTED", "b1"),
+            ev("STARTED", "x", FRESH),
+        ],
+        keep=[5],
+    )
+    superseded = result.pass_named(SUPERSEDED_OPENINGS)
+    non_openings = result.pass_named(NON_OPENINGS)
+    assert superseded is not None and non_openings is not None
+    assert dict(superseded.deleted) == {"app": 1, "task": 1}
+    assert dict(non_openings.deleted) == {"app": 1, "task": 1, NO_LIFECYCLE: 1}
+    assert superseded.batches == 1  # both lifecycles together, in id order, two ids a batch
+    assert non_openings.batches == 2  # three old rows, two per page
+
+
+def test_r8_bad_options_are_rejected_before_any_work(engine: Engine) -> None:
+    """R1/R8 inputs: a negative cutoff age or a batch size below 1 is bad input, nothing deleted."""
+    stored = load(engine, APP, [ev("STARTED", "p1"), ev("STOPPED", "p1"), ev("STARTED", "x")])
+    for days, size in [(-1, 10), (31, 0), (31, -5)]:
+        with pytest.raises(BadInputError):
+            cleanup(engine, APP, cutoff_age_in_days=days, batch_size=size, clock=clock())
+    assert remaining_ids(engine, APP) == {s.id for s in stored}
