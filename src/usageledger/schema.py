@@ -358,9 +358,11 @@ ledger_cursors = Table(
 ledger_resources = Table(
     "ledger_resources",
     ledger_metadata,
-    _consumer(primary_key=True),
-    Column("kind", String(16), primary_key=True),
+    # The key leads with the resource guid: a batch looks its resources up by guid, and an
+    # index led by the (few) consumer names is only used well once the planner has statistics.
     _resource_key(primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    _consumer(primary_key=True),
     Column("is_open", Boolean, nullable=False),
     Column("ever_opened", Boolean, nullable=False),
     Column("last_event_id", BigInteger, nullable=False),
@@ -375,6 +377,9 @@ ledger_resources = Table(
     Column("segment_approximate_size", Boolean, nullable=False),
     *_footprint_columns(),
     *_name_columns(),
+    Column("last_end", UTCDateTime(), nullable=True),
+    # No index led by consumer or is_open: without statistics (a young ledger) PostgreSQL would
+    # pick it for the per-batch guid lookups and filter; the C10 scan of OPEN rows is rare.
 )
 
 #: Closed billed segments with their provenance and flags (C9). Open segments are the OPEN rows
@@ -398,7 +403,7 @@ ledger_segments = Table(
     Column("gap_close", Boolean, nullable=False),
     Column("approximate_size", Boolean, nullable=False),
     *_name_columns(),
-    Index("ledger_segments_resource_index", "consumer", "resource_guid"),
+    Index("ledger_segments_resource_index", "resource_guid", "consumer"),
     sqlite_autoincrement=True,
 )
 

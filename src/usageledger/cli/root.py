@@ -129,11 +129,19 @@ def run(group: click.Group, argv: Sequence[str]) -> int:
 
 def register() -> None:
     """Attach every command group (imported here so that `cli` stays importable alone)."""
-    from usageledger.cli import backfill_commands, cleanup_commands, db_commands
+    from usageledger.cli import (
+        backfill_commands,
+        cleanup_commands,
+        consume_commands,
+        db_commands,
+        reconstruct_commands,
+    )
 
     cli.add_command(db_commands.db_group)
     cli.add_command(cleanup_commands.cleanup_command)
     cli.add_command(backfill_commands.backfill_command)
+    cli.add_command(consume_commands.consume_command)
+    cli.add_command(reconstruct_commands.reconstruct_group)
 
 
 register()

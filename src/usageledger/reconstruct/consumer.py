@@ -1,0 +1,307 @@
+"""The forward-reading billing consumer (SPEC C1, C2, C10, C14).
+
+One batch: lock the cursor in the ledger, read the next events above it from the platform on a
+short read-only transaction, decide how far the cursor may move over id gaps (C2), fold the
+events through the billing state machine, and store states, segments, findings, gaps and the
+new cursor in the same ledger transaction (C1). The ledger may be another database (C14).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+import attrs
+from sqlalchemy.engine import Connection, Engine
+
+from usageledger import db
+from usageledger.clock import Clock
+from usageledger.errors import BadInputError, FellBehindRetentionError
+from usageledger.lifecycles import APP_USAGE_EVENTS, EVENT_TABLES, lifecycles_of
+from usageledger.reconstruct import ledger_store, source
+from usageledger.reconstruct.billing import (
+    STAGING,
+    BillingStateMachine,
+    Finding,
+    FindingCode,
+    ResourceId,
+    UsageEvent,
+    key_of,
+    meaning_of,
+)
+from usageledger.reconstruct.gaps import IdRange, KnownGap, plan_read
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONSUMER = "reference"
+DEFAULT_GRACE = timedelta(seconds=60)
+DEFAULT_BATCH_SIZE = 1000
+#: How many ids ahead the reader records gaps when it is blocked (C2), so that the holes of a
+#: pruned table start their grace period together instead of one batch at a time.
+GAP_LOOKAHEAD = 100_000
+
+
+@attrs.frozen
+class RetentionGap:
+    """C10: ids `first_id`..`last_id` of `table` were pruned before this consumer read them."""
+
+    table: str
+    first_id: int
+    last_id: int
+    gap_closed: int
+
+
+@attrs.frozen
+class BatchResult:
+    """What one batch did. `caught_up` means the table had nothing more to read right now."""
+
+    table: str
+    events_read: int
+    events_applied: int
+    position: int
+    segments_closed: int
+    findings: int
+    blocked_by: IdRange | None
+    fell_behind: RetentionGap | None
+    caught_up: bool
+    remaining: int
+
+
+@attrs.frozen
+class ConsumeResult:
+    """A consumer run: totals, where each cursor stands, gaps it waits at, retention gaps."""
+
+    consumer: str
+    batches: int
+    events_applied: int
+    segments_closed: int
+    findings: int
+    positions: dict[str, int]
+    waiting_at: dict[str, IdRange]
+    fell_behind: tuple[RetentionGap, ...]
+
+
+def _kinds_of(table: str) -> list[str]:
+    kinds = [lc.kind for lc in lifecycles_of(table)]
+    if table == APP_USAGE_EVENTS:
+        kinds.append(STAGING)
+    return kinds
+
+
+def _resources_of(events: Sequence[UsageEvent]) -> set[ResourceId]:
+    """The resources `events` touch (ignored, quarantined and keyless events touch none)."""
+    found: set[ResourceId] = set()
+    for event in events:
+        meaning = meaning_of(event)
+        if meaning.kind is not None and (key := key_of(event, meaning)) is not None:
+            found.add((meaning.kind, key))
+    return found
+
+
+def _retention_closes(
+    ledger_conn: Connection,
+    source_conn: Connection,
+    consumer: str,
+    table: str,
+    machine: BillingStateMachine,
+    at: datetime,
+) -> int:
+    """C10: close OPEN resources with neither a kept opening nor an ending left in the table."""
+    closed = 0
+    for kind in _kinds_of(table):
+        states = ledger_store.open_states(ledger_conn, consumer, [kind])
+        if not states:
+            continue
+        lifecycle = next((lc for lc in lifecycles_of(table) if lc.kind == kind), None)
+        kept = source.keys_with_history(source_conn, lifecycle, table, [s.guid for s in states])
+        for state in states:
+            if state.guid in kept:
+                continue
+            rid: ResourceId = (state.kind, state.guid)
+            machine.states[rid] = state
+            machine.close_for_gap(rid, at)
+            closed += 1
+    return closed
+
+
+def consume_batch(
+    source_engine: Engine,
+    ledger_engine: Engine,
+    *,
+    table: str,
+    consumer: str = DEFAULT_CONSUMER,
+    clock: Clock,
+    grace: timedelta = DEFAULT_GRACE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> BatchResult:
+    """Read and apply one batch of `table` for `consumer`, in one ledger transaction (C1)."""
+    with db.transaction(ledger_engine) as lconn:
+        now = clock.now(lconn)
+        cursor = ledger_store.lock_cursor(lconn, consumer, table, now)
+        known = ledger_store.open_gaps(lconn, consumer, table)
+        with db.transaction(source_engine, read_only=True) as sconn:
+            events, top = source.fetch_batch(sconn, table, cursor.position, batch_size)
+            ids = [e.id for e in events]
+            plan = plan_read(cursor.position, ids, known, now=now, grace=grace)
+            if plan.blocked_by is not None and len(events) == batch_size:
+                ahead = source.ids_after(sconn, table, cursor.position, GAP_LOOKAHEAD)
+                plan = plan_read(cursor.position, ids, known, now=now, grace=grace, lookahead=ahead)
+            applied: Sequence[UsageEvent] = events[: plan.apply]
+            machine = BillingStateMachine(
+                ledger_store.load_states(lconn, consumer, _resources_of(applied))
+            )
+            fell_behind = None
+            passed: list[tuple[KnownGap, str]] = [
+                (gap, ledger_store.GAP_PERMANENT) for gap in plan.passed
+            ]
+            leading = plan.passed[0] if plan.passed else None
+            if leading is not None and cursor.position > 0 and leading.first == cursor.position + 1:
+                lowest = source.lowest_id(sconn, table)
+                if lowest is not None and lowest > cursor.position:
+                    # C10: the cursor's row is gone and the table starts above it.
+                    gap_closed = _retention_closes(
+                        lconn, sconn, consumer, table, machine, events[0].created_at
+                    )
+                    fell_behind = RetentionGap(table, leading.first, leading.last, gap_closed)
+                    passed[0] = (leading, ledger_store.GAP_RETENTION)
+                    machine.findings.insert(
+                        0,
+                        Finding(
+                            code=FindingCode.FELL_BEHIND_RETENTION,
+                            table=table,
+                            event_id=None,
+                            event_guid=None,
+                            kind=None,
+                            guid=None,
+                            state=None,
+                            detail=(
+                                f"ids {leading.first}..{leading.last} were pruned before this "
+                                f"consumer read them; {gap_closed} open resources closed"
+                            ),
+                        ),
+                    )
+                    log.warning(
+                        "consumer %s fell behind retention on %s: ids %d..%d pruned unread",
+                        consumer,
+                        table,
+                        leading.first,
+                        leading.last,
+                    )
+            remaining = max(0, (top or 0) - plan.position) if len(events) == batch_size else 0
+        for event in applied:
+            machine.apply(event)
+        touched = {rid: machine.states[rid] for rid in machine.touched}
+        ledger_store.save_states(lconn, consumer, touched)
+        ledger_store.save_segments(lconn, consumer, machine.closed)
+        ledger_store.save_findings(lconn, consumer, machine.findings)
+        ledger_store.record_gaps(
+            lconn,
+            consumer,
+            table,
+            position=plan.position,
+            passed=passed,
+            new_gaps=plan.new_gaps,
+            now=now,
+            known=known,
+        )
+        last_event_id = applied[-1].id if applied else cursor.last_event_id
+        ledger_store.write_cursor(
+            lconn, attrs.evolve(cursor, position=plan.position, last_event_id=last_event_id), now
+        )
+    if plan.blocked_by is not None:
+        log.info(
+            "consumer %s waits at %s ids %d..%d (grace period, C2)",
+            consumer,
+            table,
+            plan.blocked_by.first,
+            plan.blocked_by.last,
+        )
+    return BatchResult(
+        table=table,
+        events_read=len(events),
+        events_applied=len(applied),
+        position=plan.position,
+        segments_closed=len(machine.closed),
+        findings=len(machine.findings),
+        blocked_by=plan.blocked_by,
+        fell_behind=fell_behind,
+        caught_up=plan.blocked_by is None and len(events) < batch_size,
+        remaining=remaining,
+    )
+
+
+def consume(
+    source_engine: Engine,
+    ledger_engine: Engine,
+    *,
+    consumer: str = DEFAULT_CONSUMER,
+    clock: Clock,
+    grace: timedelta = DEFAULT_GRACE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    tables: Sequence[str] = EVENT_TABLES,
+    max_batches: int | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
+) -> ConsumeResult:
+    """Read every table forward until it is caught up or waits at a gap (C1, C2).
+
+    Falling behind retention (C10) is handled and reported in the result; `raise_if_fell_behind`
+    turns it into FellBehindRetentionError for a run-once caller.
+    """
+    if batch_size < 1:
+        raise BadInputError(f"batch size must be an integer >= 1, got {batch_size}")
+    if grace < timedelta(0):
+        raise BadInputError("the grace period cannot be negative")
+    batches = applied = closed = found = 0
+    positions: dict[str, int] = {}
+    waiting: dict[str, IdRange] = {}
+    behind: list[RetentionGap] = []
+    for table in tables:
+        while max_batches is None or batches < max_batches:
+            result = consume_batch(
+                source_engine,
+                ledger_engine,
+                table=table,
+                consumer=consumer,
+                clock=clock,
+                grace=grace,
+                batch_size=batch_size,
+            )
+            batches += 1
+            applied += result.events_applied
+            closed += result.segments_closed
+            found += result.findings
+            positions[table] = result.position
+            if result.fell_behind is not None:
+                behind.append(result.fell_behind)
+            if on_batch is not None:
+                on_batch(result)
+            if result.blocked_by is not None:
+                waiting[table] = result.blocked_by
+                break
+            if result.caught_up:
+                break
+    return ConsumeResult(
+        consumer=consumer,
+        batches=batches,
+        events_applied=applied,
+        segments_closed=closed,
+        findings=found,
+        positions=positions,
+        waiting_at=waiting,
+        fell_behind=tuple(behind),
+    )
+
+
+def raise_if_fell_behind(result: ConsumeResult) -> None:
+    """Exit code 4 for a run-once consumer that found it fell behind retention (C10)."""
+    if result.fell_behind:
+        parts = ", ".join(
+            f"{g.table} ids {g.first_id}..{g.last_id} ({g.gap_closed} resources closed)"
+            for g in result.fell_behind
+        )
+        raise FellBehindRetentionError(
+            f"consumer {result.consumer!r} fell behind retention: {parts} were pruned before it "
+            "read them; the ledger continued from the kept rows and flagged the closes "
+            "(see docs/consumer-rules.md, C10)"
+        )

@@ -1,0 +1,506 @@
+"""The consumer's ledger tables (SPEC C1, C9, C14): cursors, resource states, segments, findings
+and gaps. Every function works on the caller's ledger transaction, so that a batch's state
+changes and its cursor move commit together or not at all (C1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from usageledger import db
+from usageledger.reconstruct.billing import (
+    Finding,
+    FindingCode,
+    Footprint,
+    Ledger,
+    ResourceId,
+    ResourceState,
+    Segment,
+)
+from usageledger.reconstruct.gaps import IdRange, KnownGap
+from usageledger.schema import (
+    ledger_cursors,
+    ledger_findings,
+    ledger_gaps,
+    ledger_resources,
+    ledger_segments,
+)
+
+GAP_OPEN = "open"
+GAP_PERMANENT = "permanent"
+GAP_RETENTION = "retention"
+
+
+@attrs.frozen
+class ConsumerCursor:
+    """Where a consumer stands in one source table: every id <= `position` is applied or a
+    recorded hole; `last_event_id` is the last event actually applied."""
+
+    consumer: str
+    table: str
+    position: int
+    last_event_id: int | None
+
+
+def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+    db.insert_many(conn, table, list(rows))
+
+
+# --- cursors ----------------------------------------------------------------------------------
+
+
+def lock_cursor(conn: Connection, consumer: str, table: str, now: datetime) -> ConsumerCursor:
+    """The cursor, locked for this transaction (a second consumer of the same name waits);
+    created at position 0 on first use."""
+    c = ledger_cursors.c
+    row = conn.execute(
+        sa.select(c.position, c.last_event_id)
+        .where(c.consumer == consumer, c.source_table == table)
+        .with_for_update()
+    ).first()
+    if row is None:
+        conn.execute(
+            ledger_cursors.insert().values(
+                consumer=consumer,
+                source_table=table,
+                position=0,
+                last_event_id=None,
+                updated_at=now,
+            )
+        )
+        return ConsumerCursor(consumer, table, 0, None)
+    return ConsumerCursor(consumer, table, int(row.position), row.last_event_id)
+
+
+def write_cursor(conn: Connection, cursor: ConsumerCursor, now: datetime) -> None:
+    c = ledger_cursors.c
+    conn.execute(
+        ledger_cursors.update()
+        .where(c.consumer == cursor.consumer, c.source_table == cursor.table)
+        .values(position=cursor.position, last_event_id=cursor.last_event_id, updated_at=now)
+    )
+
+
+def read_cursors(conn: Connection, consumer: str) -> list[ConsumerCursor]:
+    c = ledger_cursors.c
+    rows = conn.execute(
+        sa.select(c.source_table, c.position, c.last_event_id)
+        .where(c.consumer == consumer)
+        .order_by(c.source_table)
+    ).all()
+    return [
+        ConsumerCursor(consumer, r.source_table, int(r.position), r.last_event_id) for r in rows
+    ]
+
+
+# --- resource states --------------------------------------------------------------------------
+
+
+def _state_from_row(row: sa.Row[Any]) -> ResourceState:
+    return ResourceState(
+        kind=row.kind,
+        guid=row.resource_guid,
+        is_open=bool(row.is_open),
+        ever_opened=bool(row.ever_opened),
+        last_event_id=int(row.last_event_id),
+        run_start=row.run_start,
+        run_start_is_lower_bound=bool(row.run_start_is_lower_bound),
+        run_opened_by_id=row.run_opened_by_id,
+        run_opened_by_guid=row.run_opened_by_guid,
+        segment_start=row.segment_start,
+        segment_start_is_lower_bound=bool(row.segment_start_is_lower_bound),
+        segment_opened_by_id=row.segment_opened_by_id,
+        segment_opened_by_guid=row.segment_opened_by_guid,
+        segment_approximate_size=bool(row.segment_approximate_size),
+        footprint=Footprint(
+            instance_count=row.instance_count,
+            memory_in_mb_per_instance=row.memory_in_mb_per_instance,
+            service_plan_guid=row.service_plan_guid,
+        ),
+        name=row.name,
+        space_guid=row.space_guid,
+        org_guid=row.org_guid,
+        last_end=row.last_end,
+    )
+
+
+def load_states(
+    conn: Connection, consumer: str, ids: Iterable[ResourceId]
+) -> dict[ResourceId, ResourceState]:
+    """The stored states of the resources `ids` (those never seen are absent).
+
+    One query per kind (and per `db.text_in_chunk` guids). The kind is part of the condition
+    on purpose: with it PostgreSQL probes the primary key even before the young ledger table
+    has statistics; with the guids alone it was seen to scan the whole table instead.
+    """
+    by_kind: dict[str, list[str]] = {}
+    for kind, guid in set(ids):
+        by_kind.setdefault(kind, []).append(guid)
+    c = ledger_resources.c
+    states: dict[ResourceId, ResourceState] = {}
+    chunk = db.text_in_chunk(conn)
+    for kind, guids in sorted(by_kind.items()):
+        guids.sort()
+        for start in range(0, len(guids), chunk):
+            rows = conn.execute(
+                sa.select(ledger_resources).where(
+                    db.text_in(conn, c.resource_guid, guids[start : start + chunk]),
+                    c.kind == kind,
+                    c.consumer == consumer,
+                )
+            ).all()
+            for row in rows:
+                state = _state_from_row(row)
+                states[(state.kind, state.guid)] = state
+    return states
+
+
+def open_states(conn: Connection, consumer: str, kinds: Sequence[str]) -> list[ResourceState]:
+    c = ledger_resources.c
+    rows = conn.execute(
+        sa.select(ledger_resources)
+        .where(c.consumer == consumer, c.kind.in_(kinds), c.is_open.is_(True))
+        .order_by(c.kind, c.resource_guid)
+    ).all()
+    return [_state_from_row(row) for row in rows]
+
+
+_STATE_COLUMNS = [
+    "consumer",
+    "kind",
+    "resource_guid",
+    "is_open",
+    "ever_opened",
+    "last_event_id",
+    "run_start",
+    "run_start_is_lower_bound",
+    "run_opened_by_id",
+    "run_opened_by_guid",
+    "segment_start",
+    "segment_start_is_lower_bound",
+    "segment_opened_by_id",
+    "segment_opened_by_guid",
+    "segment_approximate_size",
+    "instance_count",
+    "memory_in_mb_per_instance",
+    "service_plan_guid",
+    "name",
+    "space_guid",
+    "org_guid",
+    "last_end",
+]
+
+
+def _state_row(consumer: str, state: ResourceState) -> tuple[Any, ...]:
+    """A resource state as a row of `ledger_resources`, in the order of `_STATE_COLUMNS`."""
+    footprint = state.footprint
+    return (
+        consumer,
+        state.kind,
+        state.guid,
+        state.is_open,
+        state.ever_opened,
+        state.last_event_id,
+        state.run_start,
+        state.run_start_is_lower_bound,
+        state.run_opened_by_id,
+        state.run_opened_by_guid,
+        state.segment_start,
+        state.segment_start_is_lower_bound,
+        state.segment_opened_by_id,
+        state.segment_opened_by_guid,
+        state.segment_approximate_size,
+        footprint.instance_count,
+        footprint.memory_in_mb_per_instance,
+        footprint.service_plan_guid,
+        state.name,
+        state.space_guid,
+        state.org_guid,
+        state.last_end,
+    )
+
+
+def save_states(
+    conn: Connection, consumer: str, states: Mapping[ResourceId, ResourceState]
+) -> None:
+    """Replace the stored states of these resources (delete, then insert: portable upsert).
+
+    One row per resource the batch changed, however many of its events the batch held.
+    """
+    if not states:
+        return
+    c = ledger_resources.c
+    by_kind: dict[str, list[str]] = {}
+    for kind, guid in states:
+        by_kind.setdefault(kind, []).append(guid)
+    for kind, guids in sorted(by_kind.items()):
+        guids.sort()
+        for start in range(0, len(guids), chunk := db.text_in_chunk(conn)):
+            conn.execute(
+                ledger_resources.delete().where(
+                    db.text_in(conn, c.resource_guid, guids[start : start + chunk]),
+                    c.kind == kind,
+                    c.consumer == consumer,
+                )
+            )
+    db.copy_rows(
+        conn,
+        ledger_resources,
+        _STATE_COLUMNS,
+        [_state_row(consumer, states[rid]) for rid in sorted(states)],
+    )
+
+
+def all_states(conn: Connection, consumer: str, guid: str | None = None) -> list[ResourceState]:
+    c = ledger_resources.c
+    statement = sa.select(ledger_resources).where(c.consumer == consumer)
+    if guid is not None:
+        statement = statement.where(c.resource_guid == guid)
+    rows = conn.execute(statement.order_by(c.kind, c.resource_guid)).all()
+    return [_state_from_row(row) for row in rows]
+
+
+# --- segments and findings --------------------------------------------------------------------
+
+
+_SEGMENT_COLUMNS = [
+    "consumer",
+    "kind",
+    "resource_guid",
+    "start_at",
+    "end_at",
+    "instance_count",
+    "memory_in_mb_per_instance",
+    "service_plan_guid",
+    "opened_by_id",
+    "opened_by_guid",
+    "closed_by_id",
+    "closed_by_guid",
+    "start_is_lower_bound",
+    "end_is_repaired",
+    "gap_close",
+    "approximate_size",
+    "name",
+    "space_guid",
+    "org_guid",
+]
+
+
+def save_segments(conn: Connection, consumer: str, segments: Sequence[Segment]) -> None:
+    if not segments:
+        return
+    db.copy_rows(
+        conn,
+        ledger_segments,
+        _SEGMENT_COLUMNS,
+        [
+            (
+                consumer,
+                s.kind,
+                s.guid,
+                s.start,
+                s.end,
+                s.footprint.instance_count,
+                s.footprint.memory_in_mb_per_instance,
+                s.footprint.service_plan_guid,
+                s.opened_by_id,
+                s.opened_by_guid,
+                s.closed_by_id,
+                s.closed_by_guid,
+                s.start_is_lower_bound,
+                s.end_is_repaired,
+                s.gap_close,
+                s.approximate_size,
+                s.name,
+                s.space_guid,
+                s.org_guid,
+            )
+            for s in segments
+        ],
+    )
+
+
+def _segment_from_row(row: sa.Row[Any]) -> Segment:
+    return Segment(
+        kind=row.kind,
+        guid=row.resource_guid,
+        start=row.start_at,
+        end=row.end_at,
+        footprint=Footprint(
+            instance_count=row.instance_count,
+            memory_in_mb_per_instance=row.memory_in_mb_per_instance,
+            service_plan_guid=row.service_plan_guid,
+        ),
+        opened_by_id=int(row.opened_by_id),
+        opened_by_guid=row.opened_by_guid,
+        closed_by_id=row.closed_by_id,
+        closed_by_guid=row.closed_by_guid,
+        start_is_lower_bound=bool(row.start_is_lower_bound),
+        end_is_repaired=bool(row.end_is_repaired),
+        gap_close=bool(row.gap_close),
+        approximate_size=bool(row.approximate_size),
+        name=row.name,
+        space_guid=row.space_guid,
+        org_guid=row.org_guid,
+    )
+
+
+def closed_segments(conn: Connection, consumer: str, guid: str | None = None) -> list[Segment]:
+    c = ledger_segments.c
+    statement = sa.select(ledger_segments).where(c.consumer == consumer)
+    if guid is not None:
+        statement = statement.where(c.resource_guid == guid)
+    return [_segment_from_row(r) for r in conn.execute(statement.order_by(c.id)).all()]
+
+
+def save_findings(conn: Connection, consumer: str, findings: Sequence[Finding]) -> None:
+    if not findings:
+        return
+    _insert_many(
+        conn,
+        ledger_findings,
+        [
+            {
+                "consumer": consumer,
+                "code": f.code.value,
+                "source_table": f.table,
+                "event_id": f.event_id,
+                "event_guid": f.event_guid,
+                "kind": f.kind,
+                "resource_guid": f.guid,
+                "state": f.state,
+                "detail": f.detail[:1000],
+            }
+            for f in findings
+        ],
+    )
+
+
+def findings(conn: Connection, consumer: str, guid: str | None = None) -> list[Finding]:
+    c = ledger_findings.c
+    statement = sa.select(ledger_findings).where(c.consumer == consumer)
+    if guid is not None:
+        statement = statement.where(c.resource_guid == guid)
+    return [
+        Finding(
+            code=FindingCode(r.code),
+            table=r.source_table,
+            event_id=r.event_id,
+            event_guid=r.event_guid,
+            kind=r.kind,
+            guid=r.resource_guid,
+            state=r.state,
+            detail=r.detail,
+        )
+        for r in conn.execute(statement.order_by(c.id)).all()
+    ]
+
+
+def read_ledger(conn: Connection, consumer: str) -> Ledger:
+    """The whole stored ledger of `consumer` (closed segments in closing order, then the open
+    ones), comparable with `billing.fold` after `Ledger.canonical()`."""
+    states = all_states(conn, consumer)
+    return Ledger(
+        segments=tuple(closed_segments(conn, consumer))
+        + tuple(s for state in states if (s := state.open_segment()) is not None),
+        findings=tuple(findings(conn, consumer)),
+        resources=tuple(states),
+    )
+
+
+# --- gaps -------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class GapRecord:
+    """A gap as stored: open (waiting out the grace period), permanent, or retention (C10)."""
+
+    table: str
+    first_id: int
+    last_id: int
+    first_seen_at: datetime
+    status: str
+    resolved_at: datetime | None
+
+
+def open_gaps(conn: Connection, consumer: str, table: str) -> list[KnownGap]:
+    c = ledger_gaps.c
+    rows = conn.execute(
+        sa.select(c.first_id, c.last_id, c.first_seen_at)
+        .where(c.consumer == consumer, c.source_table == table, c.status == GAP_OPEN)
+        .order_by(c.first_id)
+    ).all()
+    return [KnownGap(int(r.first_id), int(r.last_id), r.first_seen_at) for r in rows]
+
+
+def record_gaps(
+    conn: Connection,
+    consumer: str,
+    table: str,
+    *,
+    position: int,
+    passed: Sequence[tuple[KnownGap, str]],
+    new_gaps: Sequence[IdRange],
+    now: datetime,
+    known: Sequence[KnownGap] | None = None,
+) -> None:
+    """Retire open gaps the cursor has moved past, store the passed ones with their status, and
+    record newly seen ones as open from `now`. `known`: the open gaps read on this transaction,
+    if the caller has them (saves two statements per batch when there are none)."""
+    c = ledger_gaps.c
+    mine = sa.and_(c.consumer == consumer, c.source_table == table, c.status == GAP_OPEN)
+    if known is None or any(gap.first <= position for gap in known):
+        # `known` is what open_gaps returned on this transaction: nothing to retire otherwise.
+        conn.execute(ledger_gaps.delete().where(mine, c.last_id <= position))
+        conn.execute(
+            ledger_gaps.update().where(mine, c.first_id <= position).values(first_id=position + 1)
+        )
+    rows = [
+        {
+            "consumer": consumer,
+            "source_table": table,
+            "first_id": gap.first,
+            "last_id": gap.last,
+            "first_seen_at": gap.first_seen_at,
+            "status": status,
+            "resolved_at": now,
+        }
+        for gap, status in passed
+    ] + [
+        {
+            "consumer": consumer,
+            "source_table": table,
+            "first_id": gap.first,
+            "last_id": gap.last,
+            "first_seen_at": now,
+            "status": GAP_OPEN,
+            "resolved_at": None,
+        }
+        for gap in new_gaps
+    ]
+    if rows:
+        conn.execute(ledger_gaps.insert(), rows)
+
+
+def gap_records(conn: Connection, consumer: str) -> list[GapRecord]:
+    c = ledger_gaps.c
+    rows = conn.execute(
+        sa.select(ledger_gaps).where(c.consumer == consumer).order_by(c.source_table, c.first_id)
+    ).all()
+    return [
+        GapRecord(
+            r.source_table,
+            int(r.first_id),
+            int(r.last_id),
+            r.first_seen_at,
+            r.status,
+            r.resolved_at,
+        )
+        for r in rows
+    ]
