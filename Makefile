@@ -21,8 +21,7 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 setup: $(VENV)/.synced
 
 run: setup
-	$(VENV)/bin/usageledger db upgrade
-	$(VENV)/bin/usageledger db current
+	$(VENV)/bin/usageledger simulate
 
 test: setup
 	$(VENV)/bin/pytest -n 2

@@ -44,3 +44,14 @@ class ResourceNotFoundError(BadInputError):
 
 class InvalidTransitionError(BadInputError):
     """A producer operation asked for a state change the platform does not allow."""
+
+
+# --- simulator ------------------------------------------------------------------------------
+
+
+class ReplayDivergenceError(UsageLedgerError):
+    """A replayed simulator schedule no longer matches what the actors do (S1)."""
+
+
+class StuckRunError(UsageLedgerError):
+    """No simulator actor could move for too long; the run's outcome is unknown."""

@@ -135,6 +135,7 @@ def register() -> None:
         consume_commands,
         db_commands,
         reconstruct_commands,
+        simulate_commands,
     )
 
     cli.add_command(db_commands.db_group)
@@ -142,6 +143,7 @@ def register() -> None:
     cli.add_command(backfill_commands.backfill_command)
     cli.add_command(consume_commands.consume_command)
     cli.add_command(reconstruct_commands.reconstruct_group)
+    cli.add_command(simulate_commands.simulate_command)
 
 
 register()

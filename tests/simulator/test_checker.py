@@ -1,0 +1,276 @@
+"""S6: the checker over hand-written values — each invariant I1–I10 fails with a witness in
+plain words when broken, and known bounded deviations are reported with their size."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from usageledger.reconstruct.billing import Footprint, Ledger, Segment
+from usageledger.simulator.checker import (
+    CheckInput,
+    CleanupObservation,
+    ConsumerView,
+    CursorMove,
+    LockHold,
+    RowInfo,
+    Severity,
+    TaskEnding,
+    Verdict,
+    check,
+)
+from usageledger.simulator.truth import CommittedOp, InitialSize, build_truth
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+APP = "app_usage_events"
+P = "11111111-aaaa"
+
+
+def day(n: float) -> datetime:
+    return T0 + timedelta(days=n)
+
+
+def fp(instances: int = 1, memory: int = 256) -> Footprint:
+    return Footprint(instance_count=instances, memory_in_mb_per_instance=memory)
+
+
+def seg(
+    start: float, end: float | None, footprint: Footprint | None = None, **flags: bool
+) -> Segment:
+    return Segment(
+        kind="app",
+        guid=P,
+        start=day(start),
+        end=None if end is None else day(end),
+        footprint=footprint or fp(),
+        opened_by_id=1,
+        opened_by_guid="e1",
+        closed_by_id=None if end is None else 2,
+        **flags,
+    )
+
+
+def ops(*items: tuple[str, float, dict[str, int]]) -> list[CommittedOp]:
+    return [
+        CommittedOp(i + 1, "producer-1", "app", P, "proc-1", name, day(at), **extra)  # type: ignore[arg-type]
+        for i, (name, at, extra) in enumerate(items)
+    ]
+
+
+def data(
+    segments: list[Segment],
+    committed: list[CommittedOp],
+    *,
+    horizon: float = 10,
+    **overrides: object,
+) -> CheckInput:
+    truth = build_truth({P: ("app", "proc-1", InitialSize())}, committed, day(horizon))
+    view = ConsumerView("c1", "reference", Ledger(tuple(segments), (), ()), drained=True)
+    values: dict[str, object] = {
+        "truth": truth,
+        "consumers": (view,),
+        "observed": (),
+        "cleanups": (),
+        "final_rows": (),
+        "final_backfills_added": (0, 0),
+        "lock_holds": (),
+        "task_endings": (),
+        "start": T0,
+    }
+    values.update(overrides)
+    return CheckInput(**values)  # type: ignore[arg-type]
+
+
+RUN_1_TO_5 = ops(("start_process", 1, {}), ("stop_process", 5, {}))
+
+
+def test_i1_exact_bill_is_valid() -> None:
+    """I1–I5: a bill that matches the truth exactly is valid with no deviation."""
+    report = check(data([seg(1, 5)], RUN_1_TO_5))
+    assert report.verdict is Verdict.VALID
+    assert not report.findings
+
+
+def test_i1_lost_interval_has_a_witness() -> None:
+    """I1: time the resource ran but nobody billed is invalid, with its size in the words."""
+    report = check(data([seg(1, 3)], RUN_1_TO_5))
+    assert report.broken() == {"I1"}
+    (finding,) = report.invalid_findings()
+    assert finding.size_seconds == 2 * 86_400
+    assert "proc-1" in finding.witness and "billed nothing" in finding.witness
+
+
+def test_i1_lower_bound_start_is_a_bounded_deviation() -> None:
+    """I1: the unbilled stretch before a lower-bound start is a deviation with its size."""
+    report = check(data([seg(2, 5, start_is_lower_bound=True)], RUN_1_TO_5))
+    assert report.verdict is Verdict.VALID
+    assert report.deviation_totals() == {"lower-bound start": (1, 86_400.0)}
+
+
+def test_i2_overlapping_segments() -> None:
+    """I2: two segments of one resource covering the same time are a duplicate."""
+    report = check(data([seg(1, 5), seg(2, 4)], RUN_1_TO_5))
+    assert "I2" in report.broken()
+
+
+def test_i3_open_after_repair_and_repaired_end_deviation() -> None:
+    """I3: still open after the final repair is unbounded; a repaired end is a deviation."""
+    assert (
+        "I3"
+        in check(data([seg(1, 5), seg(6, None, start_is_lower_bound=True)], RUN_1_TO_5)).broken()
+    )
+    repaired = check(data([seg(1, 7, end_is_repaired=True)], RUN_1_TO_5))
+    assert repaired.verdict is Verdict.VALID
+    assert repaired.deviation_totals()["repaired end after true stop"][1] == 2 * 86_400
+
+
+def test_i4_phantom_charge() -> None:
+    """I4: a bill for a resource that never ran."""
+    report = check(data([seg(1, 2)], []))
+    assert report.broken() == {"I4"}
+
+
+def test_i5_wrong_footprint_unless_flagged_approximate() -> None:
+    """I5: a wrong size is invalid; flagged approximate it is a deviation."""
+    committed = ops(
+        ("start_process", 1, {}), ("scale_process", 3, {"instances": 2}), ("stop_process", 5, {})
+    )
+    assert check(data([seg(1, 5)], committed)).broken() == {"I5"}
+    flagged = check(data([seg(1, 5, approximate_size=True)], committed))
+    assert flagged.verdict is Verdict.VALID and "approximate size" in flagged.deviation_totals()
+
+
+def row(
+    id: int, state: str, at: float, *, key: str = P, kind: str = "app", step: int = 0
+) -> RowInfo:
+    return RowInfo(APP, id, state, kind, key, day(at), visible_step=step)
+
+
+def test_i6_running_resource_loses_its_opening() -> None:
+    """I6: deleting the first opening of a running resource is invalid (expected for the old
+    cleanup), and deleting an ending while its opening remains is invalid."""
+    before = (row(1, "STARTED", 1), row(2, "STARTED", 2), row(3, "STARTED", 3))
+    current = CleanupObservation("cleanup", "current", 1, 2, day(0), before, before[1:])
+    report = check(data([], [], cleanups=(current,)))
+    assert "I6" in report.broken()
+    old = CleanupObservation("old-cleanup", "old", 1, 2, day(0), before, before[1:])
+    expected = check(data([], [], cleanups=(old,)))
+    assert expected.of("I6").verdict is Verdict.VALID and expected.of("I6").expected == 1
+    closed = (row(1, "STARTED", 1), row(2, "STOPPED", 2))
+    orphaned = CleanupObservation(
+        "cleanup", "crash_between_passes", 1, 2, day(0), closed, closed[:1]
+    )
+    (finding,) = check(data([], [], cleanups=(orphaned,))).invalid_findings()
+    assert "ending #2" in finding.witness and "opening #1" in finding.witness
+
+
+def test_i6_other_cleanups_deletions_are_not_blamed() -> None:
+    """I6: rows another cleanup deleted meanwhile are not this cleanup's doing."""
+    before = (row(1, "STARTED", 1), row(2, "STARTED", 3))
+    obs = CleanupObservation(
+        "cleanup", "current", 1, 2, day(0), before, before[1:], attempted=frozenset()
+    )
+    assert check(data([], [], cleanups=(obs,))).verdict is Verdict.VALID
+
+
+def test_i7_fixpoint_and_record_matches_truth() -> None:
+    """I7: a second backfill adding rows, or a stopped resource still open on record."""
+    report = check(data([seg(1, 5)], RUN_1_TO_5, final_backfills_added=(3, 1)))
+    assert "I7" in report.broken()
+    stale = (row(1, "STARTED", 1), row(2, "STOPPED", 5), row(3, "WAS_RUNNING", 6))
+    report = check(data([seg(1, 5)], RUN_1_TO_5, final_rows=stale))
+    assert "I7" in report.broken()
+
+
+def test_i8_two_lock_holders() -> None:
+    """I8: two backfills holding the lock over overlapping steps."""
+    holds = (LockHold("backfill-1", 10, 20), LockHold("backfill-2", 15, 30))
+    assert check(data([], [], lock_holds=holds)).broken() == {"I8"}
+    apart = (LockHold("backfill-1", 10, 20), LockHold("backfill-2", 20, 30))
+    assert check(data([], [], lock_holds=apart)).verdict is Verdict.VALID
+
+
+def test_i9_task_stop_without_evidence_and_missing_with_evidence() -> None:
+    """I9: a TASK_STOPPED with no start on record, and a running task's end that wrote none."""
+    task = "t-1"
+    stray = (row(5, "TASK_STOPPED", 2, key=task, kind="task", step=3),)
+    assert "I9" in check(data([], [], observed=stray)).broken()
+    started = (row(4, "TASK_STARTED", 1, key=task, kind="task", step=2),)
+    end = CommittedOp(9, "producer-1", "task", task, "task-1", "succeed_task", day(2))
+    ending = TaskEnding(op=end, start_step=5, wrote_stop=False, was_running=True)
+    assert "I9" in check(data([], [], observed=started, task_endings=(ending,))).broken()
+
+
+def test_i10_row_visible_below_cursor() -> None:
+    """I10: a row that commits after a consumer's cursor moved past its id."""
+    late = (row(1, "STARTED", 1, step=9), row(2, "STARTED", 1, key="other", step=5))
+    moves = (CursorMove("c1", APP, 7, 2),)
+    view = ConsumerView("c1", "naive", Ledger((), (), ()), drained=True, moves=moves)
+    report = check(data([], [], observed=late, consumers=(view,)))
+    assert "I10" in report.broken()
+    (finding,) = [f for f in report.findings if f.invariant == "I10"]
+    assert "#1" in finding.witness and finding.severity is Severity.INVALID
+
+
+def test_s6_unknown_when_a_consumer_was_not_drained() -> None:
+    """S6: unknown, not valid, when a consumer never caught up."""
+    view = ConsumerView("c1", "reference", Ledger((seg(1, 5),), (), ()), drained=False)
+    report = check(data([], RUN_1_TO_5, consumers=(view,)))
+    assert report.verdict is Verdict.UNKNOWN
+
+
+def test_i3_task_end_lost_to_a_purge_is_expected_not_invalid() -> None:
+    """S2/I3: a task whose TASK_STARTED a purge deleted, and which ended before any baseline
+    restored it, has no TASK_STOPPED (P2): its open bill is the purge's damage (expected). The
+    same open bill without the purge, or with the purge after the end, stays invalid."""
+    task = "22222222-bbbb"
+    committed = [
+        CommittedOp(1, "producer-1", "task", task, "task-1", "run_task", day(1)),
+        CommittedOp(10, "producer-1", "task", task, "task-1", "succeed_task", day(5)),
+    ]
+    truth = build_truth({task: ("task", "task-1", InitialSize(1, 128))}, committed, day(10))
+    open_bill = Segment(
+        kind="task",
+        guid=task,
+        start=day(1),
+        end=None,
+        footprint=fp(1, 128),
+        opened_by_id=1,
+        opened_by_guid="e1",
+    )
+    view = ConsumerView(
+        "c1",
+        "reference",
+        Ledger((open_bill,), (), ()),
+        drained=True,
+        moves=(CursorMove("c1", APP, 3, 1),),  # it read the start before any purge
+    )
+    started = RowInfo(APP, 1, "TASK_STARTED", "task", task, day(1), "PENDING", 2)
+    ending = TaskEnding(committed[1], start_step=9, wrote_stop=False, was_running=True)
+
+    def verdict_with(purge_steps: tuple[int, int] | None) -> tuple[Verdict, list[str]]:
+        cleanups = ()
+        if purge_steps is not None:
+            cleanups = (
+                CleanupObservation(
+                    "purge", "purge", purge_steps[0], purge_steps[1], day(3), (started,), ()
+                ),
+            )
+        report = check(
+            CheckInput(
+                truth=truth,
+                consumers=(view,),
+                observed=(started,),
+                cleanups=cleanups,
+                final_rows=(),
+                final_backfills_added=(0, 0),
+                lock_holds=(),
+                task_endings=(ending,),
+                start=T0,
+            )
+        )
+        i3 = [f.severity.value for f in report.findings if f.invariant == "I3"]
+        return report.of("I3").verdict, i3
+
+    assert verdict_with(None) == (Verdict.INVALID, ["invalid"])
+    assert verdict_with((5, 6)) == (Verdict.VALID, ["expected"])
+    assert verdict_with((11, 12)) == (Verdict.INVALID, ["invalid"])

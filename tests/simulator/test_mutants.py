@@ -1,0 +1,64 @@
+"""S8: each known-wrong variant, patched into the real code, is caught by the invariant it
+must break. The mutants live in tests/simulator/mutants.py, never in production code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.simulator import specs
+from tests.simulator.conftest import Simulate
+from tests.simulator.mutants import MUTANTS
+from usageledger import db
+from usageledger.simulator.scenario import Scenario
+
+CASES: list[tuple[str, Callable[[], Scenario], str, bool]] = [
+    # (mutant, scenario, invariant it must break, needs concurrent writers)
+    ("reversed_deletion_order", specs.crash_between_passes, "I6", False),
+    ("task_baselines_named_was_running", specs.legacy_tasks, "I4", False),
+    ("no_repair", specs.backfill_vs_stop, "I3", True),
+    ("repair_deletes_baseline", specs.backfill_vs_stop, "I3", True),
+    ("seed_without_guard", specs.running_at_the_end, "I7", False),
+    ("ungated_task_stop", specs.legacy_tasks, "I9", False),
+    ("canceling_running_for_seed_only", specs.legacy_tasks, "I1", False),
+    ("second_interval_on_baseline", specs.baseline_for_open_resource, "I2", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutant", "make", "invariant", "concurrent"), CASES, ids=[c[0] for c in CASES]
+)
+def test_s8_mutant_is_caught(
+    mutant: str,
+    make: Callable[[], Scenario],
+    invariant: str,
+    concurrent: bool,
+    simulate: Simulate,
+    backend: db.Backend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S8: the checker reports the specific invariant the mutant breaks."""
+    if concurrent and backend is db.Backend.SQLITE:
+        pytest.skip("the race needs two writers at once; SQLite serializes them")
+    scenario = make()
+    assert simulate(scenario).report.verdict.value == "valid"  # the real code passes
+    MUTANTS[mutant](monkeypatch)
+    report = simulate(scenario).report
+    assert invariant in report.broken(), [f.witness for f in report.findings]
+
+
+def test_s8_naive_consumer_cursor_is_caught(simulate: Simulate, backend: db.Backend) -> None:
+    """S8: the naive max-id cursor fails I1 and I10 under the id gap."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip("SQLite commits ids in order: no gap for the naive cursor to skip")
+    assert {"I1", "I10"} <= simulate(specs.id_gap("naive")).report.broken()
+
+
+def test_s8_pairing_by_created_at_is_caught(simulate: Simulate, backend: db.Backend) -> None:
+    """S8: a consumer that pairs events by created_at takes an ending stamped before the
+    baseline it follows (by id) as noise and bills forever (I3); the reference one is valid."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip("the stop must hold its transaction while the backfill commits: two writers")
+    assert "I3" in simulate(specs.created_at_out_of_id_order("created_at")).report.broken()
+    assert simulate(specs.created_at_out_of_id_order()).report.verdict.value == "valid"
