@@ -741,45 +741,8 @@ def explain(conn: Connection, statement: sa.Executable) -> list[str]:
 
 
 def is_waiting_for_lock(engine: Engine, target_id: int) -> bool:
-    """Whether the session `target_id` is blocked on a row lock right now (tests, simulator)."""
-    backend = backend_of(engine)
-    with engine.connect() as conn:
-        if backend is Backend.POSTGRESQL:
-            waiting = conn.execute(
-                sa.text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
-                {"pid": target_id},
-            ).scalar()
-        elif backend is Backend.MARIADB:
-            waiting = conn.execute(
-                sa.text(
-                    "SELECT COUNT(*) > 0 FROM information_schema.INNODB_TRX"
-                    " WHERE trx_mysql_thread_id = :id AND trx_state = 'LOCK WAIT'"
-                ),
-                {"id": target_id},
-            ).scalar()
-        else:
-            raise BadInputError("SQLite sessions cannot be inspected from another connection")
-    return bool(waiting)
-
-
-def refresh_statistics(engine: Engine, table: sa.Table) -> None:
-    """Bring the planner's statistics up to date after a bulk load (benchmarks, operators).
-
-    PostgreSQL also vacuums (outside a transaction), so a freshly loaded table is measured as a
-    settled one.
-    """
-    backend = backend_of(engine)
-    if backend is Backend.POSTGRESQL:
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            name = conn.dialect.identifier_preparer.format_table(table)
-            conn.exec_driver_sql(f"VACUUM ANALYZE {name}")
-        return
-    with engine.begin() as conn:
-        name = conn.dialect.identifier_preparer.format_table(table)
-        if backend is Backend.MARIADB:
-            conn.exec_driver_sql(f"ANALYZE TABLE {name}").all()
-        else:
-            conn.exec_driver_sql(f"ANALYZE {name}")
+    """Whether the session `target_id` is blocked on a lock right now (tests, simulator)."""
+    return bool(blocking_session_ids(engine, target_id))
 
 
 def id_in(

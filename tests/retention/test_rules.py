@@ -31,7 +31,11 @@ from usageledger.retention import (
     CleanupResult,
     cleanup,
     cleanup_tables,
+    plan_cleanup,
+    prune_non_openings,
+    prune_superseded_openings,
 )
+from usageledger.schema import EVENT_TABLES
 
 APP = APP_USAGE_EVENTS
 SVC = SERVICE_USAGE_EVENTS
@@ -406,3 +410,31 @@ def test_r8_bad_options_are_rejected_before_any_work(engine: Engine) -> None:
         with pytest.raises(BadInputError):
             cleanup(engine, APP, cutoff_age_in_days=days, batch_size=size, clock=clock())
     assert remaining_ids(engine, APP) == {s.id for s in stored}
+
+
+def test_r8_counts_stay_exact_when_planned_rows_are_already_gone(engine: Engine) -> None:
+    """R8: when rows of a planned batch were deleted meanwhile (a concurrent cleanup), the
+    per-lifecycle counts still say exactly what this run deleted, and the rest goes."""
+    stored = load(
+        engine,
+        APP,
+        [
+            ev("STARTED", "p1"),
+            ev("STOPPED", "p1"),
+            ev("TASK_STARTED", "t1"),
+            ev("TASK_STOPPED", "t1"),
+            ev("STAGING_STARTED", "b1"),
+            ev("STAGING_STOPPED", "b1"),
+            ev("STARTED", "x", FRESH),
+        ],
+    )
+    plan = plan_cleanup(engine, APP, cutoff=CUTOFF)
+    t = EVENT_TABLES[APP]
+    with engine.begin() as conn:  # another cleanup got to one opening and one staging row
+        conn.execute(t.delete().where(t.c.id.in_([stored[0].id, stored[5].id])))
+    first = prune_superseded_openings(engine, plan, batch_size=10)
+    second = prune_non_openings(engine, plan, batch_size=10)
+    assert dict(first.deleted) == {"app": 0, "task": 1}
+    assert dict(second.deleted) == {"app": 1, "task": 1, NO_LIFECYCLE: 1}
+    assert first.batches == 1 and second.batches == 1
+    assert remaining_ids(engine, APP) == {stored[6].id}

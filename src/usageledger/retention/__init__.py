@@ -7,11 +7,11 @@ and see that the table stays consistent between passes (R7).
 
 from __future__ import annotations
 
+from usageledger.retention.decision import NO_LIFECYCLE
 from usageledger.retention.run import (
     ALL_OLD_ROWS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CUTOFF_AGE_IN_DAYS,
-    NO_LIFECYCLE,
     NON_OPENINGS,
     SUPERSEDED_OPENINGS,
     BatchProgress,

@@ -1,15 +1,18 @@
-"""Which old rows retention may delete (SPEC R5, R6), decided in one walk by id.
+"""Which old rows retention may delete (SPEC R5, R6, R7), decided in one walk by id.
 
-The walk reads the lifecycle rows of one table in id order, in keyset pages, up to the newest
-old row, and folds them per (lifecycle, key) into the ids of superseded openings. Order is always
+The walk reads every row of one table in id order, in keyset pages of the primary key, up to the
+newest old row. Lifecycle rows fold per (lifecycle, key) into the ids of superseded openings
+(pass 1); old rows that open no lifecycle go into pass 2's ids on the same read. Order is always
 by id; `created_at` only says whether a row is old. No sort and no per-row lookup: the cost is
-one read of each row up to the newest old one (R11).
+one read of each row up to the newest old one, and no row is read twice (R11).
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any, TypeAlias
 
 import attrs
 import sqlalchemy as sa
@@ -17,6 +20,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from usageledger import db
 from usageledger.lifecycles import Lifecycle
+
+#: The bucket for rows of no lifecycle (staging, BUILDPACK_SET, unknown states).
+NO_LIFECYCLE = "other"
 
 
 def lifecycle_rows_page_query(
@@ -26,26 +32,30 @@ def lifecycle_rows_page_query(
     cutoff: datetime,
     after_id: int,
     upper_id: int,
-    limit: int,
+    limit: int | None,
 ) -> sa.Select[int, str, str, int]:
-    """One keyset page of (id, state, lifecycle key, is old) for the walk, by id."""
+    """(id, state, lifecycle key, is old) of every row in (after_id, upper_id], by id.
+
+    Every row, not only lifecycle states: the same read that decides pass 1 (R5) collects
+    pass 2's old non-openings (R7), so no old row is read twice. The filter is the primary-key
+    range alone: one ordered range scan, no sort. `limit` None: the whole range, streamed.
+    """
     t = table
     key = sa.case(
         *[(t.c.state.in_(lc.states), t.c[lc.key_column]) for lc in lifecycles],
         else_=sa.null(),
     )
-    states = sorted({s for lc in lifecycles for s in lc.states})
-    return (
+    query = (
         sa.select(
             t.c.id,
             t.c.state,
             key.label("lifecycle_key"),
             sa.case((t.c.created_at < cutoff, 1), else_=0).label("old"),
         )
-        .where(t.c.id > after_id, t.c.id <= upper_id, t.c.state.in_(states))
+        .where(t.c.id > after_id, t.c.id <= upper_id)
         .order_by(t.c.id)
-        .limit(limit)
     )
+    return query if limit is None else query.limit(limit)
 
 
 @attrs.define
@@ -62,9 +72,14 @@ class _KeyState:
     run_has_fresh_opening: bool = False
 
 
+_Role: TypeAlias = "tuple[bool, dict[str | None, _KeyState], list[int], array[int]]"
+"""What a state means to the walk: (is an opening, its lifecycle's keys, prunable ids,
+pass 2 ids)."""
+
+
 @attrs.define
 class SupersededOpeningsWalk:
-    """The R5/R6 decision as a fold over lifecycle rows in id order.
+    """The R5/R6 decision as a fold over rows in id order, collecting pass 2's ids on the way.
 
     For an old opening r of a key:
       (a) a later OLD ending of the key prunes it (the run is over; a fresh ending is no evidence);
@@ -72,37 +87,58 @@ class SupersededOpeningsWalk:
           in between) and a later OLD opening of the key exists.
     An old ending is kept when a fresh opening precedes it in its run: pass 1 never prunes a
     fresh opening, and deleting that ending would make it look running (the invariant behind R7).
+    Every other old row whose state opens no lifecycle, up to `upper_id`, is pass 2's (R7).
     """
 
     lifecycles: Sequence[Lifecycle]
+    upper_id: int
+    """The highest id any pass may delete (R2); the walk may read further, as evidence."""
     prunable: dict[str, list[int]] = attrs.field(init=False)
+    non_openings: dict[str, array[int]] = attrs.field(init=False)
+    """Pass 2's ids per lifecycle kind (its endings) and `other`, ascending as read."""
     kept_endings: set[int] = attrs.Factory(set)
-    _role: dict[str, tuple[str, bool]] = attrs.field(init=False)
-    _keys: dict[tuple[str, str | None], _KeyState] = attrs.Factory(dict)
+    _role: dict[str, _Role] = attrs.field(init=False)
+    _keys: dict[str, dict[str | None, _KeyState]] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.prunable = {lc.kind: [] for lc in self.lifecycles}
+        self.non_openings = {lc.kind: array("q") for lc in self.lifecycles}
+        self.non_openings[NO_LIFECYCLE] = array("q")
+        # One dict of keys per lifecycle, so a row's slot is its key alone.
+        self._keys = {lc.kind: {} for lc in self.lifecycles}
         self._role = {
-            state: (lc.kind, state in lc.openings) for lc in self.lifecycles for state in lc.states
+            state: (
+                state in lc.openings,
+                self._keys[lc.kind],
+                self.prunable[lc.kind],
+                self.non_openings[lc.kind],
+            )
+            for lc in self.lifecycles
+            for state in lc.states
         }
 
-    def feed(self, rows: Iterable[tuple[int, str, str | None, int]]) -> int:
+    def feed(self, rows: Iterable[Sequence[Any]]) -> int:
         """Fold rows (id, state, key, old) given in ascending id order; returns the last id."""
-        role_of, keys, prunable = self._role, self._keys, self.prunable
+        role_of, upper = self._role, self.upper_id
+        other = self.non_openings[NO_LIFECYCLE]
         last = 0
         for row_id, state, key, old in rows:
             last = row_id
-            kind, is_opening = role_of[state]
-            slot = (kind, key)
-            current = keys.get(slot)
+            role = role_of.get(state)
+            if role is None:  # staging, BUILDPACK_SET, unknown: pass 2 when old
+                if old and row_id <= upper:
+                    other.append(row_id)
+                continue
+            is_opening, keys, prunable, non_openings = role
+            current = keys.get(key)
             if is_opening:
                 if current is None:
-                    current = keys[slot] = _KeyState()
+                    current = keys[key] = _KeyState()
                 if not old:
                     current.run_has_fresh_opening = True
                     continue
                 if current.waiting is not None:  # R5(b): this is the later old opening
-                    prunable[kind].append(current.waiting)
+                    prunable.append(current.waiting)
                     current.waiting = None
                 if current.run_has_old_opening:
                     current.waiting = row_id
@@ -110,21 +146,25 @@ class SupersededOpeningsWalk:
                     current.old_firsts.append(row_id)
                     current.run_has_old_opening = True
             elif current is None:
-                continue  # an ending with nothing before it changes nothing
+                # An ending with nothing before it changes nothing; when old it is pass 2's.
+                if old and row_id <= upper:
+                    non_openings.append(row_id)
             elif old:
                 # An old ending proves every earlier run of the key over (R5(a)).
                 if current.run_has_fresh_opening:
                     self.kept_endings.add(row_id)
-                prunable[kind].extend(current.old_firsts)
+                elif row_id <= upper:
+                    non_openings.append(row_id)
+                prunable.extend(current.old_firsts)
                 if current.waiting is not None:
-                    prunable[kind].append(current.waiting)
-                del keys[slot]
+                    prunable.append(current.waiting)
+                del keys[key]
             else:
                 # A fresh ending is still a run boundary (R6), but proves nothing over.
                 current.run_has_old_opening = False
                 current.run_has_fresh_opening = False
                 if not current.old_firsts and current.waiting is None:
-                    del keys[slot]
+                    del keys[key]
         return last
 
 

@@ -1,16 +1,16 @@
 """The keep-running cleanup of the usage-event tables (SPEC §4).
 
-`cleanup` reads the cutoff once (R1), decides which old openings are superseded in one keyset
-walk by id over the table's lifecycle rows (R5, R6, R11), then deletes in the safe order (R7):
-pass 1 the superseded openings, pass 2 every other old row that is not an opening. Every delete
-is a batch of explicit ids in its own short transaction (R8), so an interrupted run leaves a
-consistent table and the next run finishes it.
+`cleanup` reads the cutoff once (R1), then reads the table once by id up to the newest old row,
+deciding which old openings are superseded (R5, R6) and collecting the other old non-openings
+(R11). It deletes in the safe order (R7): pass 1 the superseded openings, pass 2 the old rows
+that are not openings. Every delete is a batch of explicit ids in its own short transaction
+(R8), so an interrupted run leaves a consistent table and the next run, deciding afresh,
+finishes it.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import bisect
 import logging
 import time
 from array import array
@@ -25,8 +25,9 @@ from sqlalchemy.engine import Connection, Engine
 from usageledger import db
 from usageledger.clock import DEFAULT_CLOCK, Clock
 from usageledger.errors import BadInputError
-from usageledger.lifecycles import Lifecycle, lifecycles_of, opening_states
+from usageledger.lifecycles import Lifecycle, lifecycles_of
 from usageledger.retention.decision import (
+    NO_LIFECYCLE,
     SupersededOpeningsWalk,
     delete_ids_statement,
     lifecycle_rows_page_query,
@@ -47,9 +48,6 @@ DECISION_PAGE_ROWS = 20_000
 SUPERSEDED_OPENINGS = "superseded_openings"
 NON_OPENINGS = "non_openings"
 ALL_OLD_ROWS = "all_old_rows"
-
-#: The bucket for rows of no lifecycle (staging, BUILDPACK_SET, unknown states).
-NO_LIFECYCLE = "other"
 
 
 @attrs.frozen
@@ -94,6 +92,13 @@ class CleanupPlan:
     """Per lifecycle kind, the ids of the superseded old openings (R5), ascending."""
     kept_endings: frozenset[int]
     """Old endings whose run still has a fresh opening; pass 2 leaves them (R7)."""
+    non_openings: Mapping[str, array[int]] = attrs.Factory(dict)
+    """Pass 2's ids (R7) per lifecycle kind (its endings) and `other`, ascending: every old
+    row up to `upper_id` whose state opens no lifecycle, except `kept_endings`."""
+
+    @property
+    def planned_non_openings(self) -> int:
+        return sum(len(ids) for ids in self.non_openings.values())
 
     @property
     def planned_openings(self) -> int:
@@ -190,13 +195,29 @@ def _run_connection(bind: Engine | Connection) -> Iterator[Connection]:
 def _delete_batch(
     conn: Connection, table: sa.Table, groups: Mapping[str, list[int]]
 ) -> dict[str, int]:
-    """Delete one batch in one transaction; per-bucket counts come from the DELETE rowcounts."""
-    counts: dict[str, int] = {}
+    """Delete one batch in one transaction; per-bucket counts come from the DELETE rowcounts.
+
+    One DELETE for the whole batch: when it deletes every id, each bucket's count is its share
+    of the batch. When some ids were already gone (a concurrent cleanup got there first) and
+    the batch spans buckets, roll it back and delete bucket by bucket, so the counts stay
+    exact (R8) without a COUNT query.
+    """
+    filled = {bucket: ids for bucket, ids in groups.items() if ids}
+    every_id = [row_id for ids in filled.values() for row_id in ids]
+    if not every_id:
+        return {}
+    with conn.begin() as transaction:
+        deleted = conn.execute(delete_ids_statement(conn, table, every_id)).rowcount
+        if len(filled) == 1:
+            return {next(iter(filled)): deleted}
+        if deleted == len(every_id):
+            return {bucket: len(ids) for bucket, ids in filled.items()}
+        transaction.rollback()
     with conn.begin():
-        for bucket, ids in groups.items():
-            if ids:
-                counts[bucket] = conn.execute(delete_ids_statement(conn, table, ids)).rowcount
-    return counts
+        return {
+            bucket: conn.execute(delete_ids_statement(conn, table, ids)).rowcount
+            for bucket, ids in filled.items()
+        }
 
 
 # --- the decision ---------------------------------------------------------------------------
@@ -211,8 +232,9 @@ def plan_cleanup(
 ) -> CleanupPlan:
     """Decide, in one read-only transaction, what the keep-running passes delete.
 
-    One keyset walk by id over the lifecycle rows up to the newest old row (R11); the result
-    holds ids only, so the deletes that follow never re-run a filtered query (R8).
+    One keyset walk by id over every row up to the newest old row (R11); the plan holds the
+    ids of both passes, so the deletes that follow read nothing and never re-run a filtered
+    query (R8).
     """
     resolved = resolve_table(table)
     lifecycles = check_lifecycles(resolved, keep_running_records=True)
@@ -241,12 +263,38 @@ def _plan(
     upper_id = newest_old_id
     if keep_at_least_one_record:
         upper_id = min(upper_id, newest_id - 1)  # R2
-    walk = SupersededOpeningsWalk(lifecycles)
-    after_id = 0
-    while lifecycles and after_id < newest_old_id:
+    walk = SupersededOpeningsWalk(lifecycles, upper_id)
+    if lifecycles:
         # The walk reads up to the newest old row (the newest row is still evidence); only
-        # ids up to upper_id are ever deleted.
-        page = conn.execute(
+        # ids up to upper_id are ever deleted. One ordered read of the id range, in pages of
+        # DECISION_PAGE_ROWS (R11): it decides pass 1 and collects pass 2 at once.
+        _walk_id_range(conn, table, lifecycles, walk, cutoff, newest_old_id)
+    prunable: dict[str, array[int]] = {}
+    for kind, ids in walk.prunable.items():
+        ids.sort()
+        prunable[kind] = array("q", ids[: bisect.bisect_right(ids, upper_id)])
+    return CleanupPlan(
+        table=table,
+        cutoff=cutoff,
+        newest_id=newest_id,
+        upper_id=upper_id,
+        prunable_openings=prunable,
+        kept_endings=frozenset(walk.kept_endings),
+        non_openings=walk.non_openings if lifecycles else {},
+    )
+
+
+def _walk_id_range(
+    conn: Connection,
+    table: sa.Table,
+    lifecycles: Sequence[Lifecycle],
+    walk: SupersededOpeningsWalk,
+    cutoff: datetime,
+    newest_old_id: int,
+) -> None:
+    after_id = 0
+    while after_id < newest_old_id:
+        result = conn.execute(
             lifecycle_rows_page_query(
                 table,
                 lifecycles,
@@ -255,23 +303,14 @@ def _plan(
                 upper_id=newest_old_id,
                 limit=DECISION_PAGE_ROWS,
             )
-        ).all()
+        )
+        # The driver's own tuples: every column is an int or a plain string, so SQLAlchemy's
+        # per-row Row objects would cost more than the whole fold (R11).
+        page = result.cursor.fetchall()
+        result.close()
         if not page:
             break
         after_id = walk.feed(page)
-    prunable = {
-        kind: array("q", sorted(i for i in ids if i <= upper_id))
-        for kind, ids in walk.prunable.items()
-    }
-    kept = walk.kept_endings
-    return CleanupPlan(
-        table=table,
-        cutoff=cutoff,
-        newest_id=newest_id,
-        upper_id=upper_id,
-        prunable_openings=prunable,
-        kept_endings=frozenset(kept),
-    )
 
 
 # --- the passes -----------------------------------------------------------------------------
@@ -285,32 +324,16 @@ def prune_superseded_openings(
     on_batch: OnBatch | None = None,
 ) -> PassResult:
     """Pass 1 (R7): delete the planned superseded openings, while their evidence still exists."""
-    check_cleanup_options(0, batch_size)
-    table = plan.table
-    deleted = {kind: 0 for kind in plan.prunable_openings}
-    batches = 0
-    so_far = 0
-    planned = plan.planned_openings
-    # All lifecycles together in id order: each batch touches neighbouring rows (and pages).
-    in_id_order = heapq.merge(
-        *[zip(ids, itertools.repeat(kind)) for kind, ids in plan.prunable_openings.items()]
+    return _delete_planned(
+        bind,
+        plan,
+        pass_name=SUPERSEDED_OPENINGS,
+        ids_by_bucket=plan.prunable_openings,
+        buckets=list(plan.prunable_openings),
+        planned=plan.planned_openings,
+        batch_size=batch_size,
+        on_batch=on_batch,
     )
-    with _run_connection(bind) as conn:
-        while chunk := list(itertools.islice(in_id_order, batch_size)):
-            groups: dict[str, list[int]] = {}
-            for row_id, kind in chunk:
-                groups.setdefault(kind, []).append(row_id)
-            counts = _delete_batch(conn, table, groups)
-            batches += 1
-            done = sum(counts.values())
-            for kind, count in counts.items():
-                deleted[kind] += count
-            so_far += done
-            if on_batch is not None:
-                on_batch(BatchProgress(table.name, SUPERSEDED_OPENINGS, done, so_far, planned))
-    result = PassResult(SUPERSEDED_OPENINGS, deleted, batches)
-    log.info("%s: pass 1 deleted %s superseded openings %s", table.name, result.total, deleted)
-    return result
 
 
 def prune_non_openings(
@@ -320,25 +343,68 @@ def prune_non_openings(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: OnBatch | None = None,
 ) -> PassResult:
-    """Pass 2 (R7): delete every old row whose state opens no lifecycle, walking by id.
+    """Pass 2 (R7): delete the old rows whose state opens no lifecycle, as the plan read them.
 
     Run it only after pass 1 of the same plan: an ending must outlive the openings it closes.
+    The ids come from the plan's walk, so this pass reads nothing; a row committed after the
+    plan was made waits for the next run.
     """
-    table = plan.table
-    lifecycles = lifecycles_of(table.name)
-    bucket_of = {state: lc.kind for lc in lifecycles for state in lc.endings}
-    return _walk_old_rows(
+    lifecycles = lifecycles_of(plan.table.name)
+    return _delete_planned(
         bind,
-        table,
         plan,
         pass_name=NON_OPENINGS,
-        except_states=sorted(opening_states(table.name)),
-        keep=plan.kept_endings,
-        buckets=[lc.kind for lc in lifecycles],
-        bucket_of=bucket_of,
+        ids_by_bucket=plan.non_openings,
+        buckets=[*(lc.kind for lc in lifecycles), NO_LIFECYCLE],
+        planned=plan.planned_non_openings,
         batch_size=batch_size,
         on_batch=on_batch,
     )
+
+
+def _delete_planned(
+    bind: Engine | Connection,
+    plan: CleanupPlan,
+    *,
+    pass_name: str,
+    ids_by_bucket: Mapping[str, array[int]],
+    buckets: Sequence[str],
+    planned: int,
+    batch_size: int,
+    on_batch: OnBatch | None,
+) -> PassResult:
+    """Delete planned ids in batches of `batch_size`, all buckets together in id order (each
+    batch touches neighbouring rows and pages), each batch its own transaction (R8)."""
+    check_cleanup_options(0, batch_size)
+    table = plan.table
+    deleted = {bucket: 0 for bucket in buckets}
+    batches = 0
+    so_far = 0
+    # All buckets together in id order, each id tagged with its bucket in the low bits: one
+    # sort of plain ints, no per-row merge machinery.
+    names = list(ids_by_bucket)
+    tag_bits = max(len(names), 1).bit_length()
+    mask = (1 << tag_bits) - 1
+    tagged: list[int] = []
+    for index, ids in enumerate(ids_by_bucket.values()):
+        tagged.extend([(row_id << tag_bits) | index for row_id in ids])
+    tagged.sort()
+    with _run_connection(bind) as conn:
+        for start in range(0, len(tagged), batch_size):
+            groups: dict[str, list[int]] = {name: [] for name in names}
+            for value in tagged[start : start + batch_size]:
+                groups[names[value & mask]].append(value >> tag_bits)
+            counts = _delete_batch(conn, table, groups)
+            batches += 1
+            done = sum(counts.values())
+            for bucket, count in counts.items():
+                deleted[bucket] = deleted.get(bucket, 0) + count
+            so_far += done
+            if on_batch is not None:
+                on_batch(BatchProgress(table.name, pass_name, done, so_far, planned))
+    result = PassResult(pass_name, deleted, batches)
+    log.info("%s: %s deleted %s rows %s", table.name, pass_name, result.total, deleted)
+    return result
 
 
 def _walk_old_rows(
