@@ -362,6 +362,37 @@ def prune_non_openings(
     )
 
 
+@attrs.define
+class _PassTally:
+    """Rows one pass deleted so far, per bucket, from the deletes' rowcounts (R8)."""
+
+    table: str
+    pass_name: str
+    planned: int | None
+    on_batch: OnBatch | None
+    deleted: dict[str, int]
+    batches: int = 0
+    so_far: int = 0
+
+    def add_batch(self, counts: Mapping[str, int]) -> None:
+        self.batches += 1
+        done = sum(counts.values())
+        for bucket, count in counts.items():
+            self.deleted[bucket] = self.deleted.get(bucket, 0) + count
+        self.so_far += done
+        if self.on_batch is not None:
+            self.on_batch(
+                BatchProgress(self.table, self.pass_name, done, self.so_far, self.planned)
+            )
+
+    def result(self) -> PassResult:
+        result = PassResult(self.pass_name, self.deleted, self.batches)
+        log.info(
+            "%s: %s deleted %s rows %s", self.table, self.pass_name, result.total, self.deleted
+        )
+        return result
+
+
 def _delete_planned(
     bind: Engine | Connection,
     plan: CleanupPlan,
@@ -377,9 +408,7 @@ def _delete_planned(
     batch touches neighbouring rows and pages), each batch its own transaction (R8)."""
     check_cleanup_options(0, batch_size)
     table = plan.table
-    deleted = {bucket: 0 for bucket in buckets}
-    batches = 0
-    so_far = 0
+    tally = _PassTally(table.name, pass_name, planned, on_batch, {bucket: 0 for bucket in buckets})
     # All buckets together in id order, each id tagged with its bucket in the low bits: one
     # sort of plain ints, no per-row merge machinery.
     names = list(ids_by_bucket)
@@ -394,17 +423,8 @@ def _delete_planned(
             groups: dict[str, list[int]] = {name: [] for name in names}
             for value in tagged[start : start + batch_size]:
                 groups[names[value & mask]].append(value >> tag_bits)
-            counts = _delete_batch(conn, table, groups)
-            batches += 1
-            done = sum(counts.values())
-            for bucket, count in counts.items():
-                deleted[bucket] = deleted.get(bucket, 0) + count
-            so_far += done
-            if on_batch is not None:
-                on_batch(BatchProgress(table.name, pass_name, done, so_far, planned))
-    result = PassResult(pass_name, deleted, batches)
-    log.info("%s: %s deleted %s rows %s", table.name, pass_name, result.total, deleted)
-    return result
+            tally.add_batch(_delete_batch(conn, table, groups))
+    return tally.result()
 
 
 def _walk_old_rows(
@@ -422,9 +442,9 @@ def _walk_old_rows(
 ) -> PassResult:
     """Keyset walk over old rows by id (R11): each page starts after the previous one."""
     check_cleanup_options(0, batch_size)
-    deleted = {bucket: 0 for bucket in (*buckets, NO_LIFECYCLE)}
-    batches = 0
-    so_far = 0
+    tally = _PassTally(
+        table.name, pass_name, None, on_batch, {bucket: 0 for bucket in (*buckets, NO_LIFECYCLE)}
+    )
     after_id = 0
     with _run_connection(bind) as conn:
         while after_id < plan.upper_id:
@@ -449,16 +469,8 @@ def _walk_old_rows(
                     bucket: conn.execute(delete_ids_statement(conn, table, ids)).rowcount
                     for bucket, ids in groups.items()
                 }
-            batches += 1
-            done = sum(counts.values())
-            for bucket, count in counts.items():
-                deleted[bucket] = deleted.get(bucket, 0) + count
-            so_far += done
-            if on_batch is not None:
-                on_batch(BatchProgress(table.name, pass_name, done, so_far, None))
-    result = PassResult(pass_name, deleted, batches)
-    log.info("%s: %s deleted %s rows %s", table.name, pass_name, result.total, deleted)
-    return result
+            tally.add_batch(counts)
+    return tally.result()
 
 
 def prune_all_old_rows(
