@@ -853,35 +853,11 @@ def is_sqlite_write_begin(statement: str) -> bool:
 
 def insert_many(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """Insert `rows` (all with the same keys) on the caller's transaction, as fast as the
-    backend allows.
-
-    PostgreSQL: one COPY … FROM STDIN on the transaction's own connection; psycopg would send
-    an executemany as one statement per row, which dominated the consumer's time. Each value
-    first goes through its column type's bind processing, as an INSERT would. Elsewhere: an
-    executemany.
-    """
+    backend allows: the keyword form of `copy_rows`."""
     if not rows:
         return
-    if backend_of(conn) is not Backend.POSTGRESQL:
-        conn.execute(table.insert(), rows)
-        return
     names = list(rows[0])
-    processors = [
-        (index, process)
-        for index, name in enumerate(names)
-        if (process := table.c[name].type.bind_processor(conn.dialect)) is not None
-    ]
-    preparer = conn.dialect.identifier_preparer
-    columns = ", ".join(preparer.quote(name) for name in names)
-    statement = f"COPY {preparer.format_table(table)} ({columns}) FROM STDIN"
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    with driver.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            values = [row[name] for name in names]
-            for index, process in processors:
-                values[index] = process(values[index])
-            copy.write_row(values)
+    copy_rows(conn, table, names, [tuple(row[name] for name in names) for row in rows])
 
 
 def text_in(
@@ -900,8 +876,12 @@ def text_in(
 def copy_rows(
     conn: Connection, table: sa.Table, names: list[str], rows: list[tuple[Any, ...]]
 ) -> None:
-    """Insert `rows` (tuples of the columns `names`) on the caller's transaction; see
-    `insert_many`, which this is the positional form of (no dict per row)."""
+    """Insert `rows` (tuples of the columns `names`) on the caller's transaction.
+
+    PostgreSQL: one COPY … FROM STDIN on the transaction's own connection; psycopg would send
+    an executemany as one statement per row, which dominated the consumer's time. Elsewhere: an
+    executemany.
+    """
     if not rows:
         return
     if backend_of(conn) is not Backend.POSTGRESQL:

@@ -57,10 +57,20 @@ def _lock_process(conn: Connection, process_guid: str) -> ProcessRow:
     return ProcessRow(**row._asdict())
 
 
-def _write_process_event(
-    conn: Connection, clock: Clock, *, state: str, before: ProcessRow, after: ProcessRow
+def write_process_event(
+    conn: Connection,
+    clock: Clock,
+    *,
+    state: str,
+    before: ProcessRow,
+    after: ProcessRow,
+    restate_package_state: bool = False,
 ) -> None:
-    """One P1 row: sizes from `after`, previous_* from `before`."""
+    """One P1 row: sizes from `after`, previous_* from `before`.
+
+    previous_package_state is UNKNOWN, as Cloud Controller writes it; `restate_package_state`
+    repeats the current package state there instead (an operator's reseed restating a run).
+    """
     app = read_app_context(conn, after.app_guid)
     write_app_usage_event(
         conn,
@@ -74,7 +84,9 @@ def _write_process_event(
             "memory_in_mb_per_instance": after.memory or 0,
             "previous_memory_in_mb_per_instance": before.memory,
             "package_state": app.package_state,
-            "previous_package_state": PREVIOUS_PACKAGE_STATE_UNKNOWN,
+            "previous_package_state": (
+                app.package_state if restate_package_state else PREVIOUS_PACKAGE_STATE_UNKNOWN
+            ),
             "app_guid": after.guid,
             "app_name": app.name or "",
             "space_guid": app.space_guid,
@@ -133,7 +145,7 @@ def _set_state(bind: Bind, process_guid: str, new_state: ProcessState, clock: Cl
             processes.update().where(processes.c.guid == process_guid).values(state=new_state.value)
         )
         after = attrs.evolve(before, state=new_state.value)
-        _write_process_event(conn, clock, state=new_state.value, before=before, after=after)
+        write_process_event(conn, clock, state=new_state.value, before=before, after=after)
 
 
 def start_process(bind: Bind, process_guid: str, *, clock: Clock = DEFAULT_CLOCK) -> None:
@@ -173,7 +185,7 @@ def scale_process(
             .values(instances=after.instances, memory=after.memory)
         )
         if before.state == ProcessState.STARTED:
-            _write_process_event(
+            write_process_event(
                 conn, clock, state=ProcessState.STARTED.value, before=before, after=after
             )
 
@@ -183,7 +195,7 @@ def destroy_process(bind: Bind, process_guid: str, *, clock: Clock = DEFAULT_CLO
     with one_transaction(bind) as conn:
         before = _lock_process(conn, process_guid)
         if before.state == ProcessState.STARTED:
-            _write_process_event(
+            write_process_event(
                 conn, clock, state=ProcessState.STOPPED.value, before=before, after=before
             )
         conn.execute(processes.delete().where(processes.c.guid == process_guid))

@@ -22,8 +22,7 @@ from usageledger.backfill import BACKFILL_LOCK, backfill_batches
 from usageledger.clock import Clock, SimulatedClock
 from usageledger.errors import UsageLedgerError
 from usageledger.lifecycles import APP_USAGE_EVENTS, EVENT_TABLES
-from usageledger.producer.context import read_app_context
-from usageledger.producer.events import write_app_usage_event
+from usageledger.producer.processes import ProcessRow, write_process_event
 from usageledger.schema import EVENT_TABLES as EVENT_TABLE_OBJECTS
 from usageledger.schema import processes
 from usageledger.simulator.checker import (
@@ -402,6 +401,7 @@ def purge_and_reseed(engine: Engine, clock: Clock) -> int:
                 processes.c.guid,
                 processes.c.app_guid,
                 processes.c.type,
+                processes.c.state,
                 processes.c.instances,
                 processes.c.memory,
             )
@@ -409,33 +409,14 @@ def purge_and_reseed(engine: Engine, clock: Clock) -> int:
             .order_by(processes.c.id)
         ).all()
         for row in started:
-            app = read_app_context(conn, row.app_guid)
-            write_app_usage_event(
+            process = ProcessRow(**row._asdict())
+            write_process_event(
                 conn,
                 clock,
-                {
-                    "state": "STARTED",
-                    "previous_state": "STARTED",
-                    "instance_count": row.instances or 0,
-                    "previous_instance_count": row.instances,
-                    "memory_in_mb_per_instance": row.memory or 0,
-                    "previous_memory_in_mb_per_instance": row.memory,
-                    "package_state": app.package_state,
-                    "previous_package_state": app.package_state,
-                    "app_guid": row.guid,
-                    "app_name": app.name or "",
-                    "space_guid": app.space_guid,
-                    "space_name": app.space_name,
-                    "org_guid": app.org_guid,
-                    "buildpack_guid": app.buildpack_guid,
-                    "buildpack_name": app.buildpack_name,
-                    "parent_app_guid": app.guid,
-                    "parent_app_name": app.name,
-                    "process_type": row.type,
-                    "task_guid": None,
-                    "task_name": None,
-                    "package_guid": None,
-                },
+                state="STARTED",
+                before=process,
+                after=process,
+                restate_package_state=True,
             )
             written += 1
     return written
