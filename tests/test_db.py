@@ -277,3 +277,79 @@ def test_b8_run_locks_of_different_databases_are_independent(
             lock.release()
     finally:
         other.dispose()
+
+
+def test_lock_wait_probe_sees_a_wait_that_began_while_it_was_polling(
+    engine: Engine, backend: db.Backend
+) -> None:
+    """R8, S-rules: the lock-wait probe (crash tests, the simulator's scheduler) reports a row-lock
+    wait that starts while it is being polled every 10 ms, and stops reporting it once the
+    holder releases. MariaDB's INFORMATION_SCHEMA lock tables fail this: polled faster than
+    their 0.1 s cache allows, they keep showing the moment before the wait."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip("SQLite has no server session to inspect")
+    t = sa.Table(
+        "lock_probe",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    )
+    t.create(engine)
+    try:
+        _probe_a_row_lock_wait(engine, t)
+    finally:
+        t.drop(engine)
+
+
+def _probe_a_row_lock_wait(engine: Engine, t: sa.Table) -> None:
+    row_id = 1
+    with engine.begin() as conn:
+        conn.execute(t.insert(), {"id": row_id})
+    waiter_session: list[int] = []
+    go = threading.Event()
+
+    def wait_for_row() -> None:
+        with engine.connect() as conn:
+            waiter_session.append(db.connection_id(conn))
+            conn.rollback()
+            go.wait(10)
+            with conn.begin():
+                conn.execute(t.delete().where(t.c.id == row_id))
+
+    with engine.connect() as holder, holder.begin():
+        holder.execute(sa.select(t.c.id).where(t.c.id == row_id).with_for_update()).all()
+        waiter = threading.Thread(target=wait_for_row)
+        waiter.start()
+        while not waiter_session:
+            time.sleep(0.01)
+        assert not db.is_waiting_for_lock(engine, waiter_session[0])
+        go.set()
+        deadline = time.monotonic() + 10
+        seen = False
+        while not seen and time.monotonic() < deadline:
+            seen = db.is_waiting_for_lock(engine, waiter_session[0])
+            time.sleep(0.01)
+        assert seen, "the probe never saw the row-lock wait"
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert not db.is_waiting_for_lock(engine, waiter_session[0])
+
+
+def test_innodb_status_parsing_finds_only_waiting_threads() -> None:
+    """The MariaDB probe reads thread ids of transactions in LOCK WAIT, and no others."""
+    status = textwrap.dedent(
+        """\
+        LIST OF TRANSACTIONS FOR EACH SESSION:
+        ---TRANSACTION 11311, ACTIVE 1 sec starting index read
+        mysql tables in use 1, locked 1
+        LOCK WAIT 2 lock struct(s), heap size 1128, 1 row lock(s)
+        MariaDB thread id 428, OS thread handle 1, query id 41197 127.0.0.1 root Updating
+        delete from t where id=1
+        ------- TRX HAS BEEN WAITING 1002074 us FOR THIS LOCK TO BE GRANTED:
+        ---TRANSACTION 11310, ACTIVE 2 sec
+        2 lock struct(s), heap size 1128, 1 row lock(s)
+        MariaDB thread id 427, OS thread handle 2, query id 41195 127.0.0.1 root User sleep
+        --------
+        """
+    )
+    assert db.innodb_lock_waiting_threads(status) == {428}
+    assert db.innodb_lock_waiting_threads("no transactions") == set()

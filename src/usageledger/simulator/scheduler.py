@@ -694,7 +694,7 @@ class Scheduler:
             if (
                 self.backend is not db.Backend.SQLITE
                 and actor.session_id
-                and db.blocking_session_ids(self.control, actor.session_id)
+                and db.is_waiting_for_lock(self.control, actor.session_id)
             ):
                 with self.cv:
                     if actor.status == "running":
@@ -717,7 +717,7 @@ class Scheduler:
                     self._note_step(actor, "unblocked", *inflight)
                     self._complete(actor, *inflight)
                 continue
-            if db.blocking_session_ids(self.control, actor.session_id):
+            if db.is_waiting_for_lock(self.control, actor.session_id):
                 continue
             with self.cv:
                 if actor.status == "blocked":
@@ -735,7 +735,7 @@ class Scheduler:
         deadline = time.monotonic() + STUCK_SECONDS
         while time.monotonic() < deadline:
             for actor in blocked:
-                if actor.status != "blocked" or not db.blocking_session_ids(
+                if actor.status != "blocked" or not db.is_waiting_for_lock(
                     self.control, actor.session_id
                 ):
                     return
