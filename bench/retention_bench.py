@@ -46,14 +46,13 @@ from usageledger.lifecycles import (
     lifecycles_of,
     opening_states,
 )
-from usageledger.retention import BatchProgress, cleanup
+from usageledger.retention import cleanup, plan_cleanup
 from usageledger.retention.decision import (
     delete_ids_statement,
-    lifecycle_rows_page_query,
+    lifecycle_rows_query,
     newest_old_id_query,
     old_rows_page_query,
 )
-from usageledger.retention.run import DECISION_PAGE_ROWS
 from usageledger.schema import EVENT_TABLES, app_usage_events, service_usage_events
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -267,14 +266,8 @@ def count(engine: Engine, table: sa.Table) -> int:
 # --- the three shapes -----------------------------------------------------------------------
 
 
-def run_cleanup(engine: Engine, table: sa.Table, batch_size: int) -> tuple[float, float, int]:
-    """(seconds, seconds until the first batch = deciding, rows deleted)."""
-    first: list[float] = []
-
-    def note(progress: BatchProgress) -> None:
-        if not first:
-            first.append(time.perf_counter())
-
+def run_cleanup(engine: Engine, table: sa.Table, batch_size: int) -> tuple[float, int]:
+    """(seconds, rows deleted) of the shipped cleanup."""
     started = time.perf_counter()
     result = cleanup(
         engine,
@@ -282,10 +275,15 @@ def run_cleanup(engine: Engine, table: sa.Table, batch_size: int) -> tuple[float
         cutoff_age_in_days=CUTOFF_DAYS,
         batch_size=batch_size,
         clock=SimulatedClock(NOW),
-        on_batch=note,
     )
-    elapsed = time.perf_counter() - started
-    return elapsed, (first[0] - started) if first else elapsed, result.deleted
+    return time.perf_counter() - started, result.deleted
+
+
+def run_decision(engine: Engine, table: sa.Table) -> float:
+    """Seconds of the decision alone (one read-only walk, nothing deleted)."""
+    started = time.perf_counter()
+    plan_cleanup(engine, table, cutoff=NOW - timedelta(days=CUTOFF_DAYS))
+    return time.perf_counter() - started
 
 
 def run_floor(engine: Engine, table: sa.Table, ids: list[int], batch_size: int) -> float:
@@ -388,15 +386,10 @@ def plans(engine: Engine, table: sa.Table, batch_size: int) -> dict[str, list[st
         found: dict[str, list[str]] = {
             "newest old id": db.explain(conn, newest_old_id_query(table, cutoff=cutoff))
         }
-        found["decision walk page"] = db.explain(
+        found["decision walk (one streamed statement)"] = db.explain(
             conn,
-            lifecycle_rows_page_query(
-                table,
-                lifecycles_of(table.name),
-                cutoff=cutoff,
-                after_id=newest_old // 2,
-                upper_id=newest_old,
-                limit=DECISION_PAGE_ROWS,
+            lifecycle_rows_query(
+                table, lifecycles_of(table.name), cutoff=cutoff, upper_id=newest_old
             ),
         )
         found["all old rows page (R3 only; pass 2 reads nothing)"] = db.explain(
@@ -517,7 +510,7 @@ def main(argv: list[str]) -> int:
             "old",
             "deleted",
             "cleanup s",
-            "deciding s",
+            "deciding alone s",
             "floor s",
             "cleanup/floor",
             "peer s",
@@ -538,8 +531,10 @@ def main(argv: list[str]) -> int:
                         sa.select(sa.func.count()).where(table.c.created_at < cutoff)
                     ).scalar_one()
                 )
+            err.print(f"[{backend}] {table.name}: decision alone …")
+            deciding_s = run_decision(engine, table)
             err.print(f"[{backend}] {table.name}: cleanup …")
-            cleanup_s, deciding_s, deleted = run_cleanup(engine, table, args.batch_size)
+            cleanup_s, deleted = run_cleanup(engine, table, args.batch_size)
             gone = sorted(before - all_ids(engine, table))
             assert len(gone) == deleted
             restore(engine, table, copy)

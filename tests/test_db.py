@@ -8,7 +8,7 @@ import textwrap
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -353,3 +353,43 @@ def test_innodb_status_parsing_finds_only_waiting_threads() -> None:
     )
     assert db.innodb_lock_waiting_threads(status) == {428}
     assert db.innodb_lock_waiting_threads("no transactions") == set()
+
+
+def test_r11_stream_rows_reads_one_statement_in_chunks(engine: Engine) -> None:
+    """R11 (the decision walk's read): streamed rows equal a plain read, in chunks of at most
+    the size asked; an aware, non-UTC timestamp in the statement compares as the column's own
+    bind conversion would; a stream closed early leaves the connection usable."""
+    from usageledger.schema import app_usage_events as t
+
+    base = datetime(2026, 1, 1, 7, 50, tzinfo=UTC)
+    rows = [
+        {
+            "guid": str(uuid.uuid4()),
+            "created_at": base + timedelta(minutes=i),
+            "instance_count": 1,
+            "memory_in_mb_per_instance": 1,
+            "state": "STARTED",
+            "app_guid": f"app-{i}",
+            "app_name": "a",
+            "space_guid": "s",
+            "space_name": "s",
+            "org_guid": "o",
+        }
+        for i in range(23)
+    ]
+    with engine.begin() as conn:
+        conn.execute(t.insert(), rows)
+    # 10:00 at UTC+2 is 08:00 UTC: the rows of 07:50..07:59 are old, the 13 after are not
+    # (read as a naive 10:00, every row would be old).
+    cutoff = datetime(2026, 1, 1, 10, 0, tzinfo=timezone(timedelta(hours=2)))
+    query = sa.select(t.c.id, sa.case((t.c.created_at < cutoff, 1), else_=0)).order_by(t.c.id)
+    with engine.connect() as conn:
+        expected = [tuple(r) for r in conn.execute(query)]
+        chunks = list(db.stream_rows(conn, query, 5))
+        assert [len(c) for c in chunks] == [5, 5, 5, 5, 3]
+        assert [tuple(r) for c in chunks for r in c] == expected
+        assert [old for _, old in expected] == [1] * 10 + [0] * 13
+        early = db.stream_rows(conn, query, 5)
+        next(early)
+        early.close()
+        assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() == 23

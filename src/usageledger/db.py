@@ -719,12 +719,48 @@ def read_only_transaction(conn: Connection) -> Iterator[Connection]:
         conn.execution_options(**{READ_ONLY_OPTION: previous})
 
 
-def second_connection_sees_same_data(engine: Engine) -> bool:
-    """Whether another connection of `engine` reads the same database (not so for an
-    in-memory SQLite database, where every connection has its own)."""
-    if backend_of(engine) is not Backend.SQLITE:
-        return True
-    return sqlite_path(engine.url) is not None
+def stream_rows(
+    conn: Connection, statement: sa.Select[*tuple[Any, ...]], chunk_rows: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of one query as the driver's tuples, in chunks of `chunk_rows`, fetched while
+    the server is still producing the rest (the cleanup's decision walk reads every row of a
+    large id range this way: the server's work and the client's fold overlap).
+
+    PostgreSQL: psycopg's chunked streaming of one statement (SQLAlchemy's `stream_results`
+    would declare a named cursor and pay one round trip per chunk). MariaDB: PyMySQL's
+    unbuffered cursor. Both get the statement with its values rendered as literals, so the
+    columns' own bind conversions (UTC timestamps) apply; the values are the caller's own
+    numbers, dates and state names. SQLite: the statement steps as it is read.
+    Read the iterator to its end or close it; the connection is busy until then.
+    """
+    backend = backend_of(conn)
+    if backend is Backend.SQLITE:
+        result = conn.execute(statement)
+        try:
+            while rows := result.cursor.fetchmany(chunk_rows):
+                yield list(rows)
+        finally:
+            result.close()
+        return
+    sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    if backend is Backend.POSTGRESQL:
+        with driver.cursor() as cursor:
+            chunk: list[tuple[Any, ...]] = []
+            # No parameters: psycopg sends the text as it is, without placeholder parsing.
+            for row in cursor.stream(sql, size=chunk_rows):
+                chunk.append(row)
+                if len(chunk) == chunk_rows:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+        return
+    with driver.cursor(conn.dialect.loaded_dbapi.cursors.SSCursor) as unbuffered:
+        unbuffered.execute(sql)
+        while rows := unbuffered.fetchmany(chunk_rows):
+            yield list(rows)
 
 
 def explain(conn: Connection, statement: sa.Executable) -> list[str]:

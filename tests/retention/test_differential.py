@@ -74,7 +74,7 @@ def histories(draw: st.DrawFn) -> tuple[str, list[Event], int]:
     keep_running=st.sampled_from([True, True, False]),
     keep_one=st.booleans(),
     interrupt_after=st.none() | st.integers(min_value=1, max_value=6),
-    page_rows=st.integers(min_value=1, max_value=8),
+    chunk_rows=st.integers(min_value=1, max_value=8),
 )
 def test_r5_r7_cleanup_matches_model_even_when_interrupted(
     engine: Engine,
@@ -83,12 +83,12 @@ def test_r5_r7_cleanup_matches_model_even_when_interrupted(
     keep_running: bool,
     keep_one: bool,
     interrupt_after: int | None,
-    page_rows: int,
+    chunk_rows: int,
 ) -> None:
     """R5–R7, R2, R3, R10: kept rows equal the model's; an interrupted run stays safe (R7) and
-    the next run finishes it; a second run deletes nothing. Small decision pages make the
-    keyset walk cross page boundaries (R11)."""
-    with mock.patch.object(retention_run, "DECISION_PAGE_ROWS", page_rows):
+    the next run finishes it; a second run deletes nothing. Small chunks make the walk's
+    decisions cross chunk boundaries (R11)."""
+    with mock.patch.object(retention_run, "WALK_CHUNK_ROWS", chunk_rows):
         _check_against_model(engine, history, batch_size, keep_running, keep_one, interrupt_after)
 
 

@@ -1,10 +1,11 @@
 """Which old rows retention may delete (SPEC R5, R6, R7), decided in one walk by id.
 
-The walk reads every row of one table in id order, in keyset pages of the primary key, up to the
-newest old row. Lifecycle rows fold per (lifecycle, key) into the ids of superseded openings
-(pass 1); old rows that open no lifecycle go into pass 2's ids on the same read. Order is always
-by id; `created_at` only says whether a row is old. No sort and no per-row lookup: the cost is
-one read of each row up to the newest old one, and no row is read twice (R11).
+The walk reads every row of one table in id order, up to the newest old row: one statement over
+the primary key, streamed in chunks. Lifecycle rows fold per (lifecycle, key) into the ids of
+superseded openings (pass 1); old rows that open no lifecycle go into pass 2's ids on the same
+read. Order is always by id; `created_at` only says whether a row is old. No sort and no per-row
+lookup: the cost is one read of each row up to the newest old one, and no row is read twice
+(R11).
 """
 
 from __future__ import annotations
@@ -25,37 +26,34 @@ from usageledger.lifecycles import Lifecycle
 NO_LIFECYCLE = "other"
 
 
-def lifecycle_rows_page_query(
+def lifecycle_rows_query(
     table: sa.Table,
     lifecycles: Sequence[Lifecycle],
     *,
     cutoff: datetime,
-    after_id: int,
     upper_id: int,
-    limit: int | None,
 ) -> sa.Select[int, str, str, int]:
-    """(id, state, lifecycle key, is old) of every row in (after_id, upper_id], by id.
+    """(id, state, lifecycle key, is old) of every row with id <= upper_id, by id.
 
     Every row, not only lifecycle states: the same read that decides pass 1 (R5) collects
     pass 2's old non-openings (R7), so no old row is read twice. The filter is the primary-key
-    range alone: one ordered range scan, no sort. `limit` None: the whole range, streamed.
+    range alone: one ordered range scan, no sort.
     """
     t = table
     key = sa.case(
         *[(t.c.state.in_(lc.states), t.c[lc.key_column]) for lc in lifecycles],
         else_=sa.null(),
     )
-    query = (
+    return (
         sa.select(
             t.c.id,
             t.c.state,
             key.label("lifecycle_key"),
             sa.case((t.c.created_at < cutoff, 1), else_=0).label("old"),
         )
-        .where(t.c.id > after_id, t.c.id <= upper_id)
+        .where(t.c.id <= upper_id)
         .order_by(t.c.id)
     )
-    return query if limit is None else query.limit(limit)
 
 
 @attrs.define

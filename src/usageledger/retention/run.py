@@ -30,7 +30,7 @@ from usageledger.retention.decision import (
     NO_LIFECYCLE,
     SupersededOpeningsWalk,
     delete_ids_statement,
-    lifecycle_rows_page_query,
+    lifecycle_rows_query,
     newest_id_query,
     newest_old_id_query,
     old_rows_page_query,
@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CUTOFF_AGE_IN_DAYS = 31
 DEFAULT_BATCH_SIZE = 1000
-#: Rows per keyset page of the deciding walk: large pages, few round trips, bounded memory.
-DECISION_PAGE_ROWS = 20_000
+#: Rows the deciding walk fetches and folds at a time, from one streamed statement.
+WALK_CHUNK_ROWS = 5_000
 
 #: Pass names, as they appear in results, logs and JSON.
 SUPERSEDED_OPENINGS = "superseded_openings"
@@ -266,8 +266,8 @@ def _plan(
     walk = SupersededOpeningsWalk(lifecycles, upper_id)
     if lifecycles:
         # The walk reads up to the newest old row (the newest row is still evidence); only
-        # ids up to upper_id are ever deleted. One ordered read of the id range, in pages of
-        # DECISION_PAGE_ROWS (R11): it decides pass 1 and collects pass 2 at once.
+        # ids up to upper_id are ever deleted. One ordered read of the id range (R11): it
+        # decides pass 1 and collects pass 2 at once.
         _walk_id_range(conn, table, lifecycles, walk, cutoff, newest_old_id)
     prunable: dict[str, array[int]] = {}
     for kind, ids in walk.prunable.items():
@@ -292,25 +292,14 @@ def _walk_id_range(
     cutoff: datetime,
     newest_old_id: int,
 ) -> None:
-    after_id = 0
-    while after_id < newest_old_id:
-        result = conn.execute(
-            lifecycle_rows_page_query(
-                table,
-                lifecycles,
-                cutoff=cutoff,
-                after_id=after_id,
-                upper_id=newest_old_id,
-                limit=DECISION_PAGE_ROWS,
-            )
-        )
-        # The driver's own tuples: every column is an int or a plain string, so SQLAlchemy's
-        # per-row Row objects would cost more than the whole fold (R11).
-        page = result.cursor.fetchall()
-        result.close()
-        if not page:
-            break
-        after_id = walk.feed(page)
+    """Feed the walk every row up to the newest old one: one ordered statement over the
+    primary key, streamed in chunks of WALK_CHUNK_ROWS (R11), so the server reads on while the
+    fold runs and no page query is ever re-planned."""
+    query = lifecycle_rows_query(table, lifecycles, cutoff=cutoff, upper_id=newest_old_id)
+    # The driver's own tuples: every column is an int or a plain string, so SQLAlchemy's
+    # per-row Row objects would cost more than the whole fold.
+    for chunk in db.stream_rows(conn, query, WALK_CHUNK_ROWS):
+        walk.feed(chunk)
 
 
 # --- the passes -----------------------------------------------------------------------------
