@@ -8,8 +8,10 @@ fills `app_usage_events` with N realistic rows (and `service_usage_events` with 
 measures on identical copies of the table:
 
 - cleanup: `usageledger.retention.cleanup`, as shipped;
-- floor:   deleting exactly the ids the cleanup deleted, by id list, same batch size, each batch
-           its own transaction (no decision work at all);
+- floor:   deleting exactly the ids the cleanup deleted, in the very batches it deleted them
+           (pass 1's, then pass 2's), each batch its own transaction (no decision work at all);
+           also, for reference, the same ids sorted into one sequence ("sorted floor"), which
+           ignores the order of R7;
 - peer:    the "filtered LIMIT re-evaluated per batch" shape: the same R5 filter written as
            correlated lookups, re-run from the start for every batch (time-boxed; the rest is
            extrapolated linearly, which understates its cost);
@@ -27,14 +29,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 
 from usageledger import db, migrations
 from usageledger.clock import SimulatedClock
@@ -47,6 +49,7 @@ from usageledger.lifecycles import (
     opening_states,
 )
 from usageledger.retention import cleanup, plan_cleanup
+from usageledger.retention import run as retention_run
 from usageledger.retention.decision import (
     delete_ids_statement,
     lifecycle_rows_query,
@@ -266,17 +269,32 @@ def count(engine: Engine, table: sa.Table) -> int:
 # --- the three shapes -----------------------------------------------------------------------
 
 
-def run_cleanup(engine: Engine, table: sa.Table, batch_size: int) -> tuple[float, int]:
-    """(seconds, rows deleted) of the shipped cleanup."""
-    started = time.perf_counter()
-    result = cleanup(
-        engine,
-        table,
-        cutoff_age_in_days=CUTOFF_DAYS,
-        batch_size=batch_size,
-        clock=SimulatedClock(NOW),
-    )
-    return time.perf_counter() - started, result.deleted
+def run_cleanup(
+    engine: Engine, table: sa.Table, batch_size: int
+) -> tuple[float, int, list[list[int]]]:
+    """(seconds, rows deleted, the id list of every delete batch in order) of the shipped
+    cleanup. The batches are noted by wrapping its batch function: one list copy per batch."""
+    batches: list[list[int]] = []
+    delete_batch = retention_run._delete_batch
+
+    def noting(conn: Connection, t: sa.Table, groups: Mapping[str, list[int]]) -> dict[str, int]:
+        batches.append([row_id for ids in groups.values() for row_id in ids])
+        return delete_batch(conn, t, groups)
+
+    retention_run._delete_batch = noting
+    try:
+        started = time.perf_counter()
+        result = cleanup(
+            engine,
+            table,
+            cutoff_age_in_days=CUTOFF_DAYS,
+            batch_size=batch_size,
+            clock=SimulatedClock(NOW),
+        )
+        elapsed = time.perf_counter() - started
+    finally:
+        retention_run._delete_batch = delete_batch
+    return elapsed, result.deleted, batches
 
 
 def run_decision(engine: Engine, table: sa.Table) -> float:
@@ -286,14 +304,21 @@ def run_decision(engine: Engine, table: sa.Table) -> float:
     return time.perf_counter() - started
 
 
-def run_floor(engine: Engine, table: sa.Table, ids: list[int], batch_size: int) -> float:
+def run_floor(engine: Engine, table: sa.Table, batches: list[list[int]]) -> float:
+    """Delete the given id batches in order, each its own transaction, deciding nothing."""
     started = time.perf_counter()
     with engine.connect() as conn:
         db.use_read_committed(conn)
-        for start in range(0, len(ids), batch_size):
+        for ids in batches:
             with conn.begin():
-                conn.execute(delete_ids_statement(conn, table, ids[start : start + batch_size]))
+                conn.execute(delete_ids_statement(conn, table, ids))
     return time.perf_counter() - started
+
+
+def sorted_batches(ids: list[int], batch_size: int) -> list[list[int]]:
+    """All ids in one ascending sequence, cut into batches (ignores the order of R7)."""
+    ordered = sorted(ids)
+    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
 
 
 def peer_prunable_query(
@@ -513,6 +538,7 @@ def main(argv: list[str]) -> int:
             "deciding alone s",
             "floor s",
             "cleanup/floor",
+            "sorted floor s",
             "peer s",
             "peer/cleanup",
             "µs per old row",
@@ -534,12 +560,15 @@ def main(argv: list[str]) -> int:
             err.print(f"[{backend}] {table.name}: decision alone …")
             deciding_s = run_decision(engine, table)
             err.print(f"[{backend}] {table.name}: cleanup …")
-            cleanup_s, deleted = run_cleanup(engine, table, args.batch_size)
+            cleanup_s, deleted, batches = run_cleanup(engine, table, args.batch_size)
             gone = sorted(before - all_ids(engine, table))
-            assert len(gone) == deleted
+            assert len(gone) == deleted == sum(len(b) for b in batches)
             restore(engine, table, copy)
             err.print(f"[{backend}] {table.name}: floor …")
-            floor_s = run_floor(engine, table, gone, args.batch_size)
+            floor_s = run_floor(engine, table, batches)
+            restore(engine, table, copy)
+            err.print(f"[{backend}] {table.name}: sorted floor …")
+            sorted_floor_s = run_floor(engine, table, sorted_batches(gone, args.batch_size))
             peer_text, ratio_text = "skipped", "–"
             if args.peer_timebox > 0:
                 restore(engine, table, copy)
@@ -560,6 +589,7 @@ def main(argv: list[str]) -> int:
                 f"{deciding_s:.2f}",
                 f"{floor_s:.2f}",
                 f"{cleanup_s / floor_s:.2f}×" if floor_s else "–",
+                f"{sorted_floor_s:.2f}",
                 peer_text,
                 ratio_text,
                 f"{cleanup_s / max(old, 1) * 1e6:.1f}",
