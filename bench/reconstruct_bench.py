@@ -1,7 +1,7 @@
 """Reconstruct benchmark: consumer throughput, current-state time, consumer memory (issue 5).
 
     python bench/reconstruct_bench.py --backend postgresql+psycopg://postgres@HOST/postgres \
-        [--events 1000000] [--batch-size 1000] [--repeat 3]
+        [--events 1000000] [--batch-size 5000] [--repeat 3]
 
 Creates its own database `ul_bench_reconstruct` beside `--backend` (PostgreSQL), fills
 `app_usage_events` with realistic process, scale and task histories (and `service_usage_events`
@@ -11,10 +11,10 @@ server would have autovacuum do this), then measures each pair back to back, so 
 sides of a ratio see the same load on a shared machine:
 
 - (a) the reference consumer from id 0, in a child process (which also reports (c), its peak
-  RSS), immediately followed by the floor: fetching the same rows with psycopg, in the same
-  batches by id, and doing nothing with them. For reference it also times fetching the same
-  batches through SQLAlchemy and decoding them into `UsageEvent`s, with no billing and no
-  writes: the part of the consumer's work that is Python objects alone;
+  RSS, and where its time went: reading, folding, ledger statements, the rest), immediately
+  followed by the floor: fetching the same rows with psycopg, in the same batches by id, and
+  doing nothing with them. For reference it also times the consumer's own read alone (the same
+  batches as the consumer fetches them, with no billing and no writes);
 - (b) `reconstruct current-state` (the set-based SQL, rows decoded as the command does)
   against one full sequential read of both tables, alternated `--repeat` times.
 
@@ -44,7 +44,7 @@ from usageledger import db, migrations
 from usageledger.clock import DEFAULT_CLOCK
 from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS
 from usageledger.migrations import ledger as ledger_migrations
-from usageledger.reconstruct import consumer, current_state, source
+from usageledger.reconstruct import billing, consumer, current_state, ledger_store, source
 from usageledger.reconstruct.source import event_columns
 
 DATABASE = "ul_bench_reconstruct"
@@ -283,10 +283,43 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: Where the child's time goes: the functions `consume_batch` calls, by phase (timed per call,
+#: i.e. per batch, so the timing itself costs nothing per event).
+PHASES = {
+    "read": [(source, "fetch_rows")],
+    "fold": [(consumer, "resources_of_rows"), (billing.RowFold, "apply_rows")],
+    "ledger: take states": [(ledger_store, "take_states")],
+    "ledger: put states": [(ledger_store, "put_states")],
+    "ledger: put segments": [(ledger_store, "put_segment_rows")],
+    "ledger: cursor, gaps, findings": [
+        (ledger_store, name)
+        for name in ("lock_cursor", "open_gaps", "record_gaps", "write_cursor", "save_findings")
+    ],
+}
+
+
+def time_phases() -> dict[str, float]:
+    spent = dict.fromkeys(PHASES, 0.0)
+    for phase, targets in PHASES.items():
+        for owner, attribute in targets:
+            original = getattr(owner, attribute)
+
+            def timed(*args: Any, _f: Any = original, _p: str = phase, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return _f(*args, **kwargs)
+                finally:
+                    spent[_p] += time.perf_counter() - started
+
+            setattr(owner, attribute, timed)
+    return spent
+
+
 def child_consume(url: str, name: str, batch_size: int) -> None:
-    """The consumer from id 0; its rate, its peak RSS, and the peak RSS so far after every
-    100 batches (so that a growing footprint would show where it grows)."""
+    """The consumer from id 0; its rate, its peak RSS, the peak RSS so far after every 100
+    batches (so that a growing footprint would show where it grows), and its phases."""
     engine = db.make_engine(url)
+    phases = time_phases()
     samples: list[float] = []
     applied = 0
 
@@ -314,6 +347,7 @@ def child_consume(url: str, name: str, batch_size: int) -> None:
                 "events_per_second": result.events_applied / elapsed,
                 "peak_rss_mb": peak_rss_mb(),
                 "peak_rss_mb_every_100_batches": samples,
+                "phases_seconds": phases,
             }
         )
     )
@@ -345,19 +379,20 @@ def fetch_floor(engine: Engine, batch_size: int) -> tuple[int, float]:
     return total, time.perf_counter() - started
 
 
-def fetch_and_decode(engine: Engine, batch_size: int) -> tuple[int, float]:
-    """The consumer's own read (SQLAlchemy, decoded into UsageEvents), same batches, no work."""
+def consumer_read(engine: Engine, batch_size: int) -> tuple[int, float]:
+    """The consumer's own read alone: its read-only transactions and `source.fetch_rows`
+    (SQLAlchemy statement, the driver's tuples), same batches, no billing, no writes."""
     total = 0
     started = time.perf_counter()
     for table in (APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS):
         after = 0
         while True:
             with db.transaction(engine, read_only=True) as conn:
-                events, _top = source.fetch_batch(conn, table, after, batch_size)
-            total += len(events)
-            if len(events) < batch_size:
+                rows, _top = source.fetch_rows(conn, table, after, batch_size)
+            total += len(rows)
+            if len(rows) < batch_size:
                 break
-            after = events[-1].id
+            after = rows[-1][0]
     return total, time.perf_counter() - started
 
 
@@ -389,7 +424,7 @@ def measure_step(
     """Every pair for the table as it stands now, each pair measured back to back."""
     run = consume_in_child(url.render_as_string(hide_password=False), name, batch_size)
     floor_events, floor_seconds = fetch_floor(engine, batch_size)
-    decoded_events, decoded_seconds = fetch_and_decode(engine, batch_size)
+    read_events, read_seconds = consumer_read(engine, batch_size)
     floor_rate = floor_events / floor_seconds
     pairs = []
     for _ in range(repeat):
@@ -408,7 +443,7 @@ def measure_step(
         "consume": run,
         "floor_events_per_second": floor_rate,
         "consume_to_floor": run["events_per_second"] / floor_rate,
-        "decode_only_events_per_second": decoded_events / decoded_seconds,
+        "consumer_read_events_per_second": read_events / read_seconds,
         "current_state": pairs,
         "current_state_to_full_read_median": ratios[len(ratios) // 2],
     }
@@ -418,7 +453,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default=os.environ.get("USAGELEDGER_BENCH_DB"))
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=consumer.DEFAULT_BATCH_SIZE)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--consume-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--consumer", default="bench", help=argparse.SUPPRESS)
@@ -468,8 +503,19 @@ def main() -> None:
         )
         table.add_row("  (a) consume / floor", f"{step['consume_to_floor']:.3f}")
         table.add_row(
-            "  fetch + decode into UsageEvent only, events/s",
-            f"{step['decode_only_events_per_second']:,.0f}",
+            "  the consumer's read alone, events/s",
+            f"{step['consumer_read_events_per_second']:,.0f}",
+        )
+        seconds = run["seconds"]
+        for phase, spent in run["phases_seconds"].items():
+            table.add_row(
+                f"  consumer time: {phase}",
+                f"{spent / seconds:.0%} ({spent * 1e6 / run['events']:.2f} µs/event)",
+            )
+        other = seconds - sum(run["phases_seconds"].values())
+        table.add_row(
+            "  consumer time: rest (transactions, commits, gap plan)",
+            f"{other / seconds:.0%} ({other * 1e6 / run['events']:.2f} µs/event)",
         )
         table.add_row("  (c) consumer peak RSS MB", f"{run['peak_rss_mb']:,.1f}")
         samples = run["peak_rss_mb_every_100_batches"]

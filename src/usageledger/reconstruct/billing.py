@@ -2,14 +2,17 @@
 
 Events go in (`UsageEvent`), billed `Segment`s and `Finding`s come out. Nothing here touches a
 database, so the forward reader, the ledger store, `reconstruct current-state` and the
-simulator's checker all share exactly one definition of how usage events become bills.
+simulator's checker all share exactly one definition of how usage events become bills:
+`transition`. The forward reader runs it through `RowFold` (at the end), which writes out its
+three everyday cases over row tuples for speed and is tested to give the same ledger.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import attrs
 
@@ -722,3 +725,492 @@ def fold(events: Iterable[UsageEvent]) -> Ledger:
     for event in sorted(events, key=lambda e: (e.table, e.id)):
         machine.apply(event)
     return machine.ledger()
+
+
+# --- the consumer's batch fold over rows ------------------------------------------------------
+#
+# The forward reader folds every event, so it does not build a `UsageEvent`, a `ResourceState`
+# and a `Step` per event: it works on the database's own row tuples and keeps each resource's
+# state as one mutable list laid out like a `ledger_resources` row. The rules are `transition`'s
+# and only the three common cases are written out again below (a start of a CLOSED resource, a
+# restatement or resize of an OPEN one, an ending of an OPEN one, each without a finding);
+# every other event (baselines, findings, staging, ignored and unknown states, missing keys)
+# goes through `transition` itself. tests/reconstruct/test_row_fold.py checks that both give
+# the same ledger. Times stay as the rows give them (naive UTC from the consumer's reads).
+
+#: The columns the forward reader selects from each table, in this order; the names match
+#: `UsageEvent`'s fields.
+APP_ROW_FIELDS = (
+    "id",
+    "guid",
+    "created_at",
+    "state",
+    "app_guid",
+    "app_name",
+    "task_guid",
+    "task_name",
+    "parent_app_guid",
+    "package_guid",
+    "instance_count",
+    "memory_in_mb_per_instance",
+    "previous_state",
+    "previous_instance_count",
+    "previous_memory_in_mb_per_instance",
+    "space_guid",
+    "org_guid",
+)
+SERVICE_ROW_FIELDS = (
+    "id",
+    "guid",
+    "created_at",
+    "state",
+    "service_instance_guid",
+    "service_instance_name",
+    "service_plan_guid",
+    "space_guid",
+    "org_guid",
+)
+ROW_FIELDS: dict[str, tuple[str, ...]] = {
+    APP_USAGE_EVENTS: APP_ROW_FIELDS,
+    SERVICE_USAGE_EVENTS: SERVICE_ROW_FIELDS,
+}
+_ID, _GUID, _CREATED_AT, _STATE = 0, 1, 2, 3  # the same in both layouts
+_APP_INSTANCES, _APP_MEMORY, _APP_PREVIOUS_STATE = 10, 11, 12
+_APP_PREVIOUS_INSTANCES, _APP_PREVIOUS_MEMORY, _APP_SPACE, _APP_ORG = 13, 14, 15, 16
+_SERVICE_PLAN, _SERVICE_SPACE, _SERVICE_ORG = 6, 7, 8
+
+
+def event_from_row(table: str, row: Sequence[Any]) -> UsageEvent:
+    """A UsageEvent from a row of `ROW_FIELDS[table]` (legacy NULL names become ''); columns
+    after those are ignored."""
+    fields = ROW_FIELDS[table]
+    values = dict(zip(fields, row[: len(fields)], strict=True))
+    for name in ("app_name", "service_instance_name", "space_guid", "org_guid", "app_guid"):
+        if name in values and values[name] is None:
+            values[name] = ""
+    return UsageEvent(table=table, **values)
+
+
+#: A resource's state as a list in the column order of `ledger_resources` (without the
+#: consumer): what `StateRow` indexes name.
+STATE_ROW_FIELDS = (
+    "kind",
+    "guid",
+    "is_open",
+    "ever_opened",
+    "last_event_id",
+    "run_start",
+    "run_start_is_lower_bound",
+    "run_opened_by_id",
+    "run_opened_by_guid",
+    "segment_start",
+    "segment_start_is_lower_bound",
+    "segment_opened_by_id",
+    "segment_opened_by_guid",
+    "segment_approximate_size",
+    "instance_count",
+    "memory_in_mb_per_instance",
+    "service_plan_guid",
+    "name",
+    "space_guid",
+    "org_guid",
+    "last_end",
+)
+(
+    S_KIND,
+    S_GUID,
+    S_IS_OPEN,
+    S_EVER_OPENED,
+    S_LAST_EVENT_ID,
+    S_RUN_START,
+    S_RUN_LOWER_BOUND,
+    S_RUN_OPENED_BY_ID,
+    S_RUN_OPENED_BY_GUID,
+    S_SEGMENT_START,
+    S_SEGMENT_LOWER_BOUND,
+    S_SEGMENT_OPENED_BY_ID,
+    S_SEGMENT_OPENED_BY_GUID,
+    S_SEGMENT_APPROXIMATE,
+    S_INSTANCES,
+    S_MEMORY,
+    S_PLAN,
+    S_NAME,
+    S_SPACE,
+    S_ORG,
+    S_LAST_END,
+) = range(len(STATE_ROW_FIELDS))
+
+StateRow = list[Any]
+"""A resource's state laid out as `STATE_ROW_FIELDS`."""
+
+#: A closed segment as a row: the columns of `ledger_segments` without id and consumer.
+SEGMENT_ROW_FIELDS = (
+    "kind",
+    "guid",
+    "start",
+    "end",
+    "instance_count",
+    "memory_in_mb_per_instance",
+    "service_plan_guid",
+    "opened_by_id",
+    "opened_by_guid",
+    "closed_by_id",
+    "closed_by_guid",
+    "start_is_lower_bound",
+    "end_is_repaired",
+    "gap_close",
+    "approximate_size",
+    "name",
+    "space_guid",
+    "org_guid",
+)
+
+
+def state_to_row(state: ResourceState) -> StateRow:
+    f = state.footprint
+    return [
+        state.kind,
+        state.guid,
+        state.is_open,
+        state.ever_opened,
+        state.last_event_id,
+        state.run_start,
+        state.run_start_is_lower_bound,
+        state.run_opened_by_id,
+        state.run_opened_by_guid,
+        state.segment_start,
+        state.segment_start_is_lower_bound,
+        state.segment_opened_by_id,
+        state.segment_opened_by_guid,
+        state.segment_approximate_size,
+        f.instance_count,
+        f.memory_in_mb_per_instance,
+        f.service_plan_guid,
+        state.name,
+        state.space_guid,
+        state.org_guid,
+        state.last_end,
+    ]
+
+
+def state_from_row(row: Sequence[Any]) -> ResourceState:
+    return ResourceState(
+        kind=row[S_KIND],
+        guid=row[S_GUID],
+        is_open=bool(row[S_IS_OPEN]),
+        ever_opened=bool(row[S_EVER_OPENED]),
+        last_event_id=int(row[S_LAST_EVENT_ID]),
+        run_start=row[S_RUN_START],
+        run_start_is_lower_bound=bool(row[S_RUN_LOWER_BOUND]),
+        run_opened_by_id=row[S_RUN_OPENED_BY_ID],
+        run_opened_by_guid=row[S_RUN_OPENED_BY_GUID],
+        segment_start=row[S_SEGMENT_START],
+        segment_start_is_lower_bound=bool(row[S_SEGMENT_LOWER_BOUND]),
+        segment_opened_by_id=row[S_SEGMENT_OPENED_BY_ID],
+        segment_opened_by_guid=row[S_SEGMENT_OPENED_BY_GUID],
+        segment_approximate_size=bool(row[S_SEGMENT_APPROXIMATE]),
+        footprint=Footprint(
+            instance_count=row[S_INSTANCES],
+            memory_in_mb_per_instance=row[S_MEMORY],
+            service_plan_guid=row[S_PLAN],
+        ),
+        name=row[S_NAME],
+        space_guid=row[S_SPACE],
+        org_guid=row[S_ORG],
+        last_end=row[S_LAST_END],
+    )
+
+
+def segment_to_row(s: Segment) -> tuple[Any, ...]:
+    f = s.footprint
+    return (
+        s.kind,
+        s.guid,
+        s.start,
+        s.end,
+        f.instance_count,
+        f.memory_in_mb_per_instance,
+        f.service_plan_guid,
+        s.opened_by_id,
+        s.opened_by_guid,
+        s.closed_by_id,
+        s.closed_by_guid,
+        s.start_is_lower_bound,
+        s.end_is_repaired,
+        s.gap_close,
+        s.approximate_size,
+        s.name,
+        s.space_guid,
+        s.org_guid,
+    )
+
+
+@attrs.frozen
+class _RowMeaning:
+    """What the row fold needs of a `Meaning` it handles itself: where the row keeps the key
+    and the name, whether previous_* are checked (C8, app processes only), and the baseline
+    state (an ending restating it is a repair, C7)."""
+
+    kind: str
+    role: Role
+    key_index: int
+    name_index: int
+    checks_previous: bool
+    baseline: str | None
+
+
+def _row_meanings(table: str) -> dict[tuple[str, bool], _RowMeaning]:
+    """(state, previous_state == state) -> how the row fold treats it, for the roles it
+    handles itself (START, RESIZE, ENDING); absent means "ask `transition`"."""
+    fields = ROW_FIELDS[table]
+    found: dict[tuple[str, bool], _RowMeaning] = {}
+    for (t, state, restated), meaning in _MEANINGS.items():
+        lc = meaning.lifecycle
+        if t != table or lc is None or meaning.role not in (Role.START, Role.RESIZE, Role.ENDING):
+            continue
+        name_field = {"task": "task_name", "service": "service_instance_name"}.get(
+            lc.kind, "app_name"
+        )
+        found[(state, restated)] = _RowMeaning(
+            kind=lc.kind,
+            role=meaning.role,
+            key_index=fields.index(lc.key_column),
+            name_index=fields.index(name_field),
+            checks_previous=lc.kind == "app",
+            baseline=lc.baseline,
+        )
+    return found
+
+
+_ROW_MEANINGS: dict[str, dict[tuple[str, bool], _RowMeaning]] = {
+    table: _row_meanings(table) for table in ROW_FIELDS
+}
+
+
+def resources_of_rows(table: str, rows: Iterable[Sequence[Any]]) -> set[ResourceId]:
+    """The resources the rows of `table` touch (as `BillingStateMachine` would key them)."""
+    meanings = _ROW_MEANINGS[table]
+    app = table == APP_USAGE_EVENTS
+    found: set[ResourceId] = set()
+    for row in rows:
+        state = row[_STATE]
+        fast = meanings.get((state, app and row[_APP_PREVIOUS_STATE] == state))
+        key = row[fast.key_index] if fast is not None else None
+        if fast is not None and isinstance(key, str):
+            found.add((fast.kind, key))
+            continue
+        event = event_from_row(table, row)
+        meaning = meaning_of(event)
+        if meaning.kind is not None and (key := key_of(event, meaning)) is not None:
+            found.add((meaning.kind, key))
+    return found
+
+
+class RowFold:
+    """`BillingStateMachine` for one batch of one table's rows (see the section comment).
+
+    `states` holds the stored states of the resources the batch touches (as `StateRow`s, as
+    taken out of the ledger) and receives new ones; after `apply_rows` all of them are to be
+    stored again. `segments` are the closed segments as `SEGMENT_ROW_FIELDS` rows, `findings`
+    the findings, in event order.
+    """
+
+    def __init__(self, table: str, states: dict[ResourceId, StateRow]) -> None:
+        self.table = table
+        self.states = states
+        self.segments: list[tuple[Any, ...]] = []
+        self.findings: list[Finding] = []
+
+    def apply_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        meanings = _ROW_MEANINGS[self.table]
+        app = self.table == APP_USAGE_EVENTS
+        states = self.states
+        segments = self.segments
+        for row in rows:
+            state_name = row[_STATE]
+            previous_state = row[_APP_PREVIOUS_STATE] if app else None
+            fast = meanings.get((state_name, previous_state == state_name))
+            key = row[fast.key_index] if fast is not None else None
+            if fast is None or not isinstance(key, str):
+                self._by_transition(row)
+                continue
+            kind = fast.kind
+            rid = (kind, key)
+            state = states.get(rid)
+            role = fast.role
+            event_id = row[_ID]
+            created_at = row[_CREATED_AT]
+            if app:
+                instances, memory, plan = row[_APP_INSTANCES], row[_APP_MEMORY], None
+                space, org = row[_APP_SPACE], row[_APP_ORG]
+            else:
+                instances, memory, plan = None, None, row[_SERVICE_PLAN]
+                space, org = row[_SERVICE_SPACE], row[_SERVICE_ORG]
+            is_open = state is not None and state[S_IS_OPEN]
+            # previous_* contradicting the billed footprint is a finding: `transition` does it.
+            if (
+                is_open
+                and fast.checks_previous
+                and role is not Role.START
+                and row[_APP_PREVIOUS_INSTANCES] is not None
+                and row[_APP_PREVIOUS_MEMORY] is not None
+                and (
+                    row[_APP_PREVIOUS_INSTANCES] != state[S_INSTANCES]  # type: ignore[index]
+                    or row[_APP_PREVIOUS_MEMORY] != state[S_MEMORY]  # type: ignore[index]
+                )
+            ):
+                self._by_transition(row)
+                continue
+            if role is Role.ENDING:
+                if not is_open:  # a duplicate or orphan ending (C7): a finding
+                    self._by_transition(row)
+                    continue
+                assert state is not None
+                # C7: closed at max(created_at, segment start); a repair if it restates the
+                # baseline.
+                start = state[S_SEGMENT_START]
+                end = created_at if created_at > start else start
+                segments.append(
+                    (
+                        kind,
+                        key,
+                        start,
+                        end,
+                        state[S_INSTANCES],
+                        state[S_MEMORY],
+                        state[S_PLAN],
+                        state[S_SEGMENT_OPENED_BY_ID],
+                        state[S_SEGMENT_OPENED_BY_GUID] or "",
+                        event_id,
+                        row[_GUID],
+                        state[S_SEGMENT_LOWER_BOUND],
+                        previous_state is not None and previous_state == fast.baseline,
+                        False,
+                        state[S_SEGMENT_APPROXIMATE],
+                        state[S_NAME],
+                        state[S_SPACE],
+                        state[S_ORG],
+                    )
+                )
+                states[rid] = _closed_row(kind, key, event_id, end)
+                continue
+            name = row[fast.name_index] or ""
+            space = space or ""
+            org = org or ""
+            if not is_open:
+                if role is Role.RESIZE:  # a resize of a CLOSED resource (C6): a finding
+                    self._by_transition(row)
+                    continue
+                # A real start (C4): a new run, never starting before the last segment's end.
+                last_end = state[S_LAST_END] if state is not None else None
+                start = created_at if last_end is None or created_at > last_end else last_end
+                guid = row[_GUID]
+                states[rid] = [
+                    kind,
+                    key,
+                    True,
+                    True,
+                    event_id,
+                    created_at,
+                    False,
+                    event_id,
+                    guid,
+                    start,
+                    False,
+                    event_id,
+                    guid,
+                    False,
+                    instances,
+                    memory,
+                    plan,
+                    name,
+                    space,
+                    org,
+                    last_end,
+                ]
+                continue
+            assert state is not None
+            # OPEN: a restatement; a different footprint closes the segment and opens the next
+            # one where it ended (C8).
+            if (
+                state[S_INSTANCES] != instances
+                or state[S_MEMORY] != memory
+                or state[S_PLAN] != plan
+            ):
+                start = state[S_SEGMENT_START]
+                end = created_at if created_at > start else start
+                guid = row[_GUID]
+                segments.append(
+                    (
+                        kind,
+                        key,
+                        start,
+                        end,
+                        state[S_INSTANCES],
+                        state[S_MEMORY],
+                        state[S_PLAN],
+                        state[S_SEGMENT_OPENED_BY_ID],
+                        state[S_SEGMENT_OPENED_BY_GUID] or "",
+                        event_id,
+                        guid,
+                        state[S_SEGMENT_LOWER_BOUND],
+                        False,
+                        False,
+                        state[S_SEGMENT_APPROXIMATE],
+                        state[S_NAME],
+                        state[S_SPACE],
+                        state[S_ORG],
+                    )
+                )
+                state[S_SEGMENT_START] = end
+                state[S_SEGMENT_LOWER_BOUND] = False
+                state[S_SEGMENT_OPENED_BY_ID] = event_id
+                state[S_SEGMENT_OPENED_BY_GUID] = guid
+                state[S_SEGMENT_APPROXIMATE] = False
+                state[S_INSTANCES] = instances
+                state[S_MEMORY] = memory
+                state[S_PLAN] = plan
+            state[S_LAST_EVENT_ID] = event_id
+            state[S_NAME] = name
+            state[S_SPACE] = space
+            state[S_ORG] = org
+
+    def _by_transition(self, row: Sequence[Any]) -> None:
+        """Every case the fold does not write out: `transition` on the reference values.
+        Looked up on the module at each call, so that the simulator's mutants replace it."""
+        event = event_from_row(self.table, row)
+        meaning = meaning_of(event)
+        kind, key = meaning.kind, key_of(event, meaning)
+        before = self.states.get((kind, key)) if kind is not None and key is not None else None
+        step = transition(state_from_row(before) if before is not None else None, event)
+        self.segments.extend(segment_to_row(s) for s in step.closed)
+        self.findings.extend(step.findings)
+        if step.state is not None:
+            self.states[(step.state.kind, step.state.guid)] = state_to_row(step.state)
+
+
+def _closed_row(kind: str, guid: str, event_id: int, end: datetime) -> StateRow:
+    """A CLOSED resource's state after an ending (as `transition` builds it)."""
+    return [
+        kind,
+        guid,
+        False,
+        True,
+        event_id,
+        None,
+        False,
+        None,
+        None,
+        None,
+        False,
+        None,
+        None,
+        False,
+        None,
+        None,
+        None,
+        "",
+        "",
+        "",
+        end,
+    ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import attrs
 from sqlalchemy.engine import Connection, Engine
@@ -26,9 +26,8 @@ from usageledger.reconstruct.billing import (
     Finding,
     FindingCode,
     ResourceId,
-    UsageEvent,
-    key_of,
-    meaning_of,
+    RowFold,
+    resources_of_rows,
 )
 from usageledger.reconstruct.gaps import IdRange, KnownGap, plan_read
 
@@ -36,7 +35,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONSUMER = "reference"
 DEFAULT_GRACE = timedelta(seconds=60)
-DEFAULT_BATCH_SIZE = 1000
+#: Events per batch. Each batch is one ledger transaction (C1) with a fixed cost of about 2.7 ms
+#: on PostgreSQL (some fifteen round trips and a durable commit), more per event at 1,000 than
+#: fetching the event costs; at 5,000 it is a fifth of that. Reading alone is as fast at either.
+DEFAULT_BATCH_SIZE = 5000
 #: How many ids ahead the reader records gaps when it is blocked (C2), so that the holes of a
 #: pruned table start their grace period together instead of one batch at a time.
 GAP_LOOKAHEAD = 100_000
@@ -89,16 +91,6 @@ def _kinds_of(table: str) -> list[str]:
     return kinds
 
 
-def _resources_of(events: Sequence[UsageEvent]) -> set[ResourceId]:
-    """The resources `events` touch (ignored, quarantined and keyless events touch none)."""
-    found: set[ResourceId] = set()
-    for event in events:
-        meaning = meaning_of(event)
-        if meaning.kind is not None and (key := key_of(event, meaning)) is not None:
-            found.add((meaning.kind, key))
-    return found
-
-
 def _retention_closes(
     ledger_conn: Connection,
     source_conn: Connection,
@@ -135,23 +127,26 @@ def consume_batch(
     grace: timedelta = DEFAULT_GRACE,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> BatchResult:
-    """Read and apply one batch of `table` for `consumer`, in one ledger transaction (C1)."""
+    """Read and apply one batch of `table` for `consumer`, in one ledger transaction (C1).
+
+    The batch is folded by `billing.RowFold` (the rules of `billing.transition` over the
+    driver's row tuples) and written with one statement per ledger table: the touched
+    resources' states are taken out and written back, the closed segments appended.
+    """
     with db.transaction(ledger_engine) as lconn:
         now = clock.now(lconn)
         cursor = ledger_store.lock_cursor(lconn, consumer, table, now)
         known = ledger_store.open_gaps(lconn, consumer, table)
         with db.transaction(source_engine, read_only=True) as sconn:
-            events, top = source.fetch_batch(sconn, table, cursor.position, batch_size)
-            ids = [e.id for e in events]
+            rows, top = source.fetch_rows(sconn, table, cursor.position, batch_size)
+            ids = [row[0] for row in rows]
             plan = plan_read(cursor.position, ids, known, now=now, grace=grace)
-            if plan.blocked_by is not None and len(events) == batch_size:
+            if plan.blocked_by is not None and len(rows) == batch_size:
                 ahead = source.ids_after(sconn, table, cursor.position, GAP_LOOKAHEAD)
                 plan = plan_read(cursor.position, ids, known, now=now, grace=grace, lookahead=ahead)
-            applied: Sequence[UsageEvent] = events[: plan.apply]
-            machine = BillingStateMachine(
-                ledger_store.load_states(lconn, consumer, _resources_of(applied))
-            )
+            applied = rows[: plan.apply] if plan.apply < len(rows) else rows
             fell_behind = None
+            gap_closed = 0
             passed: list[tuple[KnownGap, str]] = [
                 (gap, ledger_store.GAP_PERMANENT) for gap in plan.passed
             ]
@@ -160,41 +155,18 @@ def consume_batch(
                 lowest = source.lowest_id(sconn, table)
                 if lowest is not None and lowest > cursor.position:
                     # C10: the cursor's row is gone and the table starts above it.
-                    gap_closed = _retention_closes(
-                        lconn, sconn, consumer, table, machine, events[0].created_at
+                    fell_behind, gap_closed = _fell_behind(
+                        lconn, sconn, consumer, table, leading, rows[0][2]
                     )
-                    fell_behind = RetentionGap(table, leading.first, leading.last, gap_closed)
                     passed[0] = (leading, ledger_store.GAP_RETENTION)
-                    machine.findings.insert(
-                        0,
-                        Finding(
-                            code=FindingCode.FELL_BEHIND_RETENTION,
-                            table=table,
-                            event_id=None,
-                            event_guid=None,
-                            kind=None,
-                            guid=None,
-                            state=None,
-                            detail=(
-                                f"ids {leading.first}..{leading.last} were pruned before this "
-                                f"consumer read them; {gap_closed} open resources closed"
-                            ),
-                        ),
-                    )
-                    log.warning(
-                        "consumer %s fell behind retention on %s: ids %d..%d pruned unread",
-                        consumer,
-                        table,
-                        leading.first,
-                        leading.last,
-                    )
-            remaining = max(0, (top or 0) - plan.position) if len(events) == batch_size else 0
-        for event in applied:
-            machine.apply(event)
-        touched = {rid: machine.states[rid] for rid in machine.touched}
-        ledger_store.save_states(lconn, consumer, touched)
-        ledger_store.save_segments(lconn, consumer, machine.closed)
-        ledger_store.save_findings(lconn, consumer, machine.findings)
+            remaining = max(0, (top or 0) - plan.position) if len(rows) == batch_size else 0
+        fold = RowFold(
+            table, ledger_store.take_states(lconn, consumer, resources_of_rows(table, applied))
+        )
+        fold.apply_rows(applied)
+        ledger_store.put_states(lconn, consumer, fold.states.values())
+        ledger_store.put_segment_rows(lconn, consumer, fold.segments)
+        ledger_store.save_findings(lconn, consumer, fold.findings)
         ledger_store.record_gaps(
             lconn,
             consumer,
@@ -205,7 +177,7 @@ def consume_batch(
             now=now,
             known=known,
         )
-        last_event_id = applied[-1].id if applied else cursor.last_event_id
+        last_event_id = applied[-1][0] if applied else cursor.last_event_id
         ledger_store.write_cursor(
             lconn, attrs.evolve(cursor, position=plan.position, last_event_id=last_event_id), now
         )
@@ -219,16 +191,58 @@ def consume_batch(
         )
     return BatchResult(
         table=table,
-        events_read=len(events),
+        events_read=len(rows),
         events_applied=len(applied),
         position=plan.position,
-        segments_closed=len(machine.closed),
-        findings=len(machine.findings),
+        segments_closed=len(fold.segments) + gap_closed,
+        findings=len(fold.findings) + (gap_closed + 1 if fell_behind is not None else 0),
         blocked_by=plan.blocked_by,
         fell_behind=fell_behind,
-        caught_up=plan.blocked_by is None and len(events) < batch_size,
+        caught_up=plan.blocked_by is None and len(rows) < batch_size,
         remaining=remaining,
     )
+
+
+def _fell_behind(
+    lconn: Connection,
+    sconn: Connection,
+    consumer: str,
+    table: str,
+    leading: KnownGap,
+    first_kept_at: datetime,
+) -> tuple[RetentionGap, int]:
+    """C10: close the OPEN resources whose history was pruned, at the first kept event's time
+    (naive UTC as read), and store the closes and findings before the batch's own."""
+    machine = BillingStateMachine()
+    at = first_kept_at.replace(tzinfo=UTC) if first_kept_at.tzinfo is None else first_kept_at
+    gap_closed = _retention_closes(lconn, sconn, consumer, table, machine, at)
+    machine.findings.insert(
+        0,
+        Finding(
+            code=FindingCode.FELL_BEHIND_RETENTION,
+            table=table,
+            event_id=None,
+            event_guid=None,
+            kind=None,
+            guid=None,
+            state=None,
+            detail=(
+                f"ids {leading.first}..{leading.last} were pruned before this "
+                f"consumer read them; {gap_closed} open resources closed"
+            ),
+        ),
+    )
+    log.warning(
+        "consumer %s fell behind retention on %s: ids %d..%d pruned unread",
+        consumer,
+        table,
+        leading.first,
+        leading.last,
+    )
+    ledger_store.save_states(lconn, consumer, {rid: machine.states[rid] for rid in machine.touched})
+    ledger_store.save_segments(lconn, consumer, machine.closed)
+    ledger_store.save_findings(lconn, consumer, machine.findings)
+    return RetentionGap(table, leading.first, leading.last, gap_closed), gap_closed
 
 
 def consume(

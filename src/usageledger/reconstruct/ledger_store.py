@@ -15,6 +15,8 @@ from sqlalchemy.engine import Connection
 
 from usageledger import db
 from usageledger.reconstruct.billing import (
+    S_GUID,
+    S_KIND,
     Finding,
     FindingCode,
     Footprint,
@@ -22,6 +24,7 @@ from usageledger.reconstruct.billing import (
     ResourceId,
     ResourceState,
     Segment,
+    StateRow,
 )
 from usageledger.reconstruct.gaps import IdRange, KnownGap
 from usageledger.schema import (
@@ -130,37 +133,6 @@ def _state_from_row(row: sa.Row[Any]) -> ResourceState:
     )
 
 
-def load_states(
-    conn: Connection, consumer: str, ids: Iterable[ResourceId]
-) -> dict[ResourceId, ResourceState]:
-    """The stored states of the resources `ids` (those never seen are absent).
-
-    One query per kind (and per `db.text_in_chunk` guids). The kind is part of the condition
-    on purpose: with it PostgreSQL probes the primary key even before the young ledger table
-    has statistics; with the guids alone it was seen to scan the whole table instead.
-    """
-    by_kind: dict[str, list[str]] = {}
-    for kind, guid in set(ids):
-        by_kind.setdefault(kind, []).append(guid)
-    c = ledger_resources.c
-    states: dict[ResourceId, ResourceState] = {}
-    chunk = db.text_in_chunk(conn)
-    for kind, guids in sorted(by_kind.items()):
-        guids.sort()
-        for start in range(0, len(guids), chunk):
-            rows = conn.execute(
-                sa.select(ledger_resources).where(
-                    db.text_in(conn, c.resource_guid, guids[start : start + chunk]),
-                    c.kind == kind,
-                    c.consumer == consumer,
-                )
-            ).all()
-            for row in rows:
-                state = _state_from_row(row)
-                states[(state.kind, state.guid)] = state
-    return states
-
-
 def open_states(conn: Connection, consumer: str, kinds: Sequence[str]) -> list[ResourceState]:
     c = ledger_resources.c
     rows = conn.execute(
@@ -254,6 +226,63 @@ def save_states(
         ledger_resources,
         _STATE_COLUMNS,
         [_state_row(consumer, states[rid]) for rid in sorted(states)],
+    )
+
+
+def take_states(
+    conn: Connection, consumer: str, ids: Iterable[ResourceId]
+) -> dict[ResourceId, StateRow]:
+    """The stored states of the resources `ids`, as `billing.StateRow`s with naive UTC times,
+    removed from the table in the same statement (DELETE … RETURNING): the caller writes every
+    one of them back with `put_states`, changed or not, before its transaction commits (C1).
+
+    One statement per batch instead of a lookup and a delete. The condition is the guids and
+    the kinds, each as a list, so that the database probes the primary key for each guid; a
+    guid the batch touches under one kind is also taken under another kind it has, which is
+    harmless since everything taken is written back.
+    """
+    wanted = set(ids)
+    if not wanted:
+        return {}
+    db.prefer_key_probes(conn)
+    c = ledger_resources.c
+    columns = [c[name] for name in _STATE_COLUMNS[1:]]
+    kinds = sorted({kind for kind, _ in wanted})
+    guids = sorted({guid for _, guid in wanted})
+    chunk = db.text_in_chunk(conn)
+    states: dict[ResourceId, StateRow] = {}
+    for start in range(0, len(guids), chunk):
+        where = sa.and_(
+            db.text_in(conn, c.resource_guid, guids[start : start + chunk]),
+            c.kind.in_(kinds),
+            c.consumer == consumer,
+        )
+        if conn.dialect.delete_returning:
+            rows = db.fetch_rows(conn, ledger_resources.delete().where(where).returning(*columns))
+        else:
+            rows = db.fetch_rows(conn, sa.select(*columns).where(where))
+            conn.execute(ledger_resources.delete().where(where))
+        for row in rows:
+            state = list(row)
+            states[(state[S_KIND], state[S_GUID])] = state
+    return states
+
+
+def put_states(conn: Connection, consumer: str, states: Iterable[StateRow]) -> None:
+    """Insert these states (the rows `take_states` removed and any new ones), times naive UTC."""
+    db.copy_rows(
+        conn,
+        ledger_resources,
+        _STATE_COLUMNS,
+        [(consumer, *state) for state in states],
+        naive_utc=True,
+    )
+
+
+def put_segment_rows(conn: Connection, consumer: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Insert closed segments given as `billing.SEGMENT_ROW_FIELDS` rows, times naive UTC."""
+    db.copy_rows(
+        conn, ledger_segments, _SEGMENT_COLUMNS, [(consumer, *row) for row in rows], naive_utc=True
     )
 
 

@@ -6,167 +6,54 @@ long-lived server-side cursor, so the platform's cleanup and writers are never h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS, Lifecycle
-from usageledger.reconstruct.billing import STAGING_STATES, UsageEvent
+from usageledger import db
+from usageledger.lifecycles import APP_USAGE_EVENTS, Lifecycle
+from usageledger.reconstruct.billing import ROW_FIELDS, STAGING_STATES, UsageEvent, event_from_row
 from usageledger.schema import EVENT_TABLES, app_usage_events, service_usage_events
-
-#: The columns the consumer reads from each table; the names match UsageEvent's fields.
-_APP_COLUMNS = (
-    "id",
-    "guid",
-    "created_at",
-    "state",
-    "app_guid",
-    "app_name",
-    "task_guid",
-    "task_name",
-    "parent_app_guid",
-    "package_guid",
-    "instance_count",
-    "memory_in_mb_per_instance",
-    "previous_state",
-    "previous_instance_count",
-    "previous_memory_in_mb_per_instance",
-    "space_guid",
-    "org_guid",
-)
-_SERVICE_COLUMNS = (
-    "id",
-    "guid",
-    "created_at",
-    "state",
-    "service_instance_guid",
-    "service_instance_name",
-    "service_plan_guid",
-    "space_guid",
-    "org_guid",
-)
 
 
 def event_columns(table: str) -> list[sa.ColumnElement[object]]:
+    """The columns the consumer reads from `table`, in the order of `billing.ROW_FIELDS`."""
     source = EVENT_TABLES[table]
-    names = _APP_COLUMNS if table == APP_USAGE_EVENTS else _SERVICE_COLUMNS
-    return [source.c[name] for name in names]
+    return [source.c[name] for name in ROW_FIELDS[table]]
 
 
-def to_event(table: str, row: Mapping[Any, Any]) -> UsageEvent:
-    """A UsageEvent from a row mapping selected with `event_columns(table)`."""
-    values = dict(row)
-    values["table"] = table
-    # Legacy rows may hold NULL names; the event keeps '' so that names compare as strings.
-    for name in ("app_name", "service_instance_name", "space_guid", "org_guid", "app_guid"):
-        if name in values and values[name] is None:
-            values[name] = ""
-    return UsageEvent(**values)
-
-
-def _app_event(row: Sequence[Any]) -> UsageEvent:
-    """`to_event` for a row of `_APP_COLUMNS` as a tuple: the consumer decodes every event it
-    reads, and unpacking a tuple costs a fraction of building a dict per row."""
-    (
-        id_,
-        guid,
-        created_at,
-        state,
-        app_guid,
-        app_name,
-        task_guid,
-        task_name,
-        parent_app_guid,
-        package_guid,
-        instance_count,
-        memory_in_mb_per_instance,
-        previous_state,
-        previous_instance_count,
-        previous_memory_in_mb_per_instance,
-        space_guid,
-        org_guid,
-    ) = row
-    return UsageEvent(
-        table=APP_USAGE_EVENTS,
-        id=id_,
-        guid=guid,
-        created_at=created_at,
-        state=state,
-        app_guid="" if app_guid is None else app_guid,
-        app_name="" if app_name is None else app_name,
-        task_guid=task_guid,
-        task_name=task_name,
-        parent_app_guid=parent_app_guid,
-        package_guid=package_guid,
-        instance_count=instance_count,
-        memory_in_mb_per_instance=memory_in_mb_per_instance,
-        previous_state=previous_state,
-        previous_instance_count=previous_instance_count,
-        previous_memory_in_mb_per_instance=previous_memory_in_mb_per_instance,
-        space_guid="" if space_guid is None else space_guid,
-        org_guid="" if org_guid is None else org_guid,
-    )
-
-
-def _service_event(row: Sequence[Any]) -> UsageEvent:
-    """`to_event` for a row of `_SERVICE_COLUMNS` as a tuple."""
-    (
-        id_,
-        guid,
-        created_at,
-        state,
-        service_instance_guid,
-        service_instance_name,
-        service_plan_guid,
-        space_guid,
-        org_guid,
-    ) = row
-    return UsageEvent(
-        table=SERVICE_USAGE_EVENTS,
-        id=id_,
-        guid=guid,
-        created_at=created_at,
-        state=state,
-        service_instance_guid=service_instance_guid,
-        service_instance_name="" if service_instance_name is None else service_instance_name,
-        service_plan_guid=service_plan_guid,
-        space_guid="" if space_guid is None else space_guid,
-        org_guid="" if org_guid is None else org_guid,
-    )
-
-
-_DECODERS: dict[str, Callable[[Sequence[Any]], UsageEvent]] = {
-    APP_USAGE_EVENTS: _app_event,
-    SERVICE_USAGE_EVENTS: _service_event,
-}
-
-
-def fetch_after(conn: Connection, table: str, after_id: int, limit: int) -> list[UsageEvent]:
-    """Up to `limit` events with id > `after_id`, in id order (C1)."""
-    return fetch_batch(conn, table, after_id, limit)[0]
-
-
-def fetch_batch(
-    conn: Connection, table: str, after_id: int, limit: int
-) -> tuple[list[UsageEvent], int | None]:
-    """Up to `limit` events with id > `after_id`, in id order (C1), and the table's highest id
-    (for the progress display), in one round trip: the highest id rides along as an
-    uncorrelated subquery the database evaluates once."""
+def _batch_statement(table: str, after_id: int, limit: int) -> sa.Select[*tuple[Any, ...]]:
+    """The next `limit` events above `after_id` in id order, each row followed by the table's
+    highest id (for the progress display): an uncorrelated subquery the database evaluates
+    once, so one round trip gives both."""
     source = EVENT_TABLES[table]
     highest = sa.select(sa.func.max(source.c.id)).scalar_subquery()
-    rows = conn.execute(
+    return (
         sa.select(*event_columns(table), highest)
         .where(source.c.id > after_id)
         .order_by(source.c.id)
         .limit(limit)
-    ).all()
-    decode = _DECODERS[table]
-    width = len(_APP_COLUMNS) if table == APP_USAGE_EVENTS else len(_SERVICE_COLUMNS)
-    events = [decode(row[:width]) for row in rows]
-    top: Any = rows[0][width] if rows else None
-    return events, (int(top) if top is not None else None)
+    )
+
+
+def fetch_rows(
+    conn: Connection, table: str, after_id: int, limit: int
+) -> tuple[list[tuple[Any, ...]], int | None]:
+    """Up to `limit` events with id > `after_id`, in id order (C1), as the driver's row tuples
+    (`billing.ROW_FIELDS[table]`, then the table's highest id; times naive UTC) for the
+    consumer's batch fold (`billing.RowFold`), and the table's highest id."""
+    rows = db.fetch_rows(conn, _batch_statement(table, after_id, limit))
+    top: Any = rows[0][-1] if rows else None
+    return rows, (int(top) if top is not None else None)
+
+
+def fetch_after(conn: Connection, table: str, after_id: int, limit: int) -> list[UsageEvent]:
+    """Up to `limit` events with id > `after_id`, in id order (C1), as `UsageEvent`s (the fold,
+    tests); times are aware UTC, as SQLAlchemy's column types give them."""
+    rows = conn.execute(_batch_statement(table, after_id, limit)).all()
+    return [event_from_row(table, row) for row in rows]
 
 
 def ids_after(conn: Connection, table: str, after_id: int, limit: int) -> list[int]:
