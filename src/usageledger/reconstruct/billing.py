@@ -1006,6 +1006,43 @@ def resources_of_rows(table: str, rows: Iterable[Sequence[Any]]) -> set[Resource
     return found
 
 
+def _close_segment(
+    segments: list[tuple[Any, ...]],
+    state: list[Any],
+    created_at: datetime,
+    event_id: int,
+    event_guid: str,
+    repair: bool,
+) -> datetime:
+    """Append the closed segment of an OPEN `state` (laid out like its ledger row) and return
+    its end: max(created_at, the segment's start) (C7, C8)."""
+    start = state[S_SEGMENT_START]
+    end = created_at if created_at > start else start
+    segments.append(
+        (
+            state[S_KIND],
+            state[S_GUID],
+            start,
+            end,
+            state[S_INSTANCES],
+            state[S_MEMORY],
+            state[S_PLAN],
+            state[S_SEGMENT_OPENED_BY_ID],
+            state[S_SEGMENT_OPENED_BY_GUID] or "",
+            event_id,
+            event_guid,
+            state[S_SEGMENT_LOWER_BOUND],
+            repair,
+            False,
+            state[S_SEGMENT_APPROXIMATE],
+            state[S_NAME],
+            state[S_SPACE],
+            state[S_ORG],
+        )
+    )
+    return end
+
+
 class RowFold:
     """`BillingStateMachine` for one batch of one table's rows (see the section comment).
 
@@ -1068,30 +1105,8 @@ class RowFold:
                 assert state is not None
                 # C7: closed at max(created_at, segment start); a repair if it restates the
                 # baseline.
-                start = state[S_SEGMENT_START]
-                end = created_at if created_at > start else start
-                segments.append(
-                    (
-                        kind,
-                        key,
-                        start,
-                        end,
-                        state[S_INSTANCES],
-                        state[S_MEMORY],
-                        state[S_PLAN],
-                        state[S_SEGMENT_OPENED_BY_ID],
-                        state[S_SEGMENT_OPENED_BY_GUID] or "",
-                        event_id,
-                        row[_GUID],
-                        state[S_SEGMENT_LOWER_BOUND],
-                        previous_state is not None and previous_state == fast.baseline,
-                        False,
-                        state[S_SEGMENT_APPROXIMATE],
-                        state[S_NAME],
-                        state[S_SPACE],
-                        state[S_ORG],
-                    )
-                )
+                repair = previous_state is not None and previous_state == fast.baseline
+                end = _close_segment(segments, state, created_at, event_id, row[_GUID], repair)
                 states[rid] = _closed_row(kind, key, event_id, end)
                 continue
             name = row[fast.name_index] or ""
@@ -1137,31 +1152,8 @@ class RowFold:
                 or state[S_MEMORY] != memory
                 or state[S_PLAN] != plan
             ):
-                start = state[S_SEGMENT_START]
-                end = created_at if created_at > start else start
                 guid = row[_GUID]
-                segments.append(
-                    (
-                        kind,
-                        key,
-                        start,
-                        end,
-                        state[S_INSTANCES],
-                        state[S_MEMORY],
-                        state[S_PLAN],
-                        state[S_SEGMENT_OPENED_BY_ID],
-                        state[S_SEGMENT_OPENED_BY_GUID] or "",
-                        event_id,
-                        guid,
-                        state[S_SEGMENT_LOWER_BOUND],
-                        False,
-                        False,
-                        state[S_SEGMENT_APPROXIMATE],
-                        state[S_NAME],
-                        state[S_SPACE],
-                        state[S_ORG],
-                    )
-                )
+                end = _close_segment(segments, state, created_at, event_id, guid, False)
                 state[S_SEGMENT_START] = end
                 state[S_SEGMENT_LOWER_BOUND] = False
                 state[S_SEGMENT_OPENED_BY_ID] = event_id

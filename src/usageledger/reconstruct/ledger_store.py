@@ -17,6 +17,8 @@ from usageledger import db
 from usageledger.reconstruct.billing import (
     S_GUID,
     S_KIND,
+    SEGMENT_ROW_FIELDS,
+    STATE_ROW_FIELDS,
     Finding,
     FindingCode,
     Footprint,
@@ -143,30 +145,10 @@ def open_states(conn: Connection, consumer: str, kinds: Sequence[str]) -> list[R
     return [_state_from_row(row) for row in rows]
 
 
-_STATE_COLUMNS = [
-    "consumer",
-    "kind",
-    "resource_guid",
-    "is_open",
-    "ever_opened",
-    "last_event_id",
-    "run_start",
-    "run_start_is_lower_bound",
-    "run_opened_by_id",
-    "run_opened_by_guid",
-    "segment_start",
-    "segment_start_is_lower_bound",
-    "segment_opened_by_id",
-    "segment_opened_by_guid",
-    "segment_approximate_size",
-    "instance_count",
-    "memory_in_mb_per_instance",
-    "service_plan_guid",
-    "name",
-    "space_guid",
-    "org_guid",
-    "last_end",
-]
+#: The ledger's names for the row-layout fields that `billing` names after its own classes.
+_LEDGER_NAMES = {"guid": "resource_guid", "start": "start_at", "end": "end_at"}
+#: `ledger_resources` columns in the order of `billing.STATE_ROW_FIELDS`, consumer first.
+_STATE_COLUMNS = ["consumer", *(_LEDGER_NAMES.get(f, f) for f in STATE_ROW_FIELDS)]
 
 
 def _state_row(consumer: str, state: ResourceState) -> tuple[Any, ...]:
@@ -298,27 +280,8 @@ def all_states(conn: Connection, consumer: str, guid: str | None = None) -> list
 # --- segments and findings --------------------------------------------------------------------
 
 
-_SEGMENT_COLUMNS = [
-    "consumer",
-    "kind",
-    "resource_guid",
-    "start_at",
-    "end_at",
-    "instance_count",
-    "memory_in_mb_per_instance",
-    "service_plan_guid",
-    "opened_by_id",
-    "opened_by_guid",
-    "closed_by_id",
-    "closed_by_guid",
-    "start_is_lower_bound",
-    "end_is_repaired",
-    "gap_close",
-    "approximate_size",
-    "name",
-    "space_guid",
-    "org_guid",
-]
+#: `ledger_segments` columns in the order of `billing.SEGMENT_ROW_FIELDS`, consumer first.
+_SEGMENT_COLUMNS = ["consumer", *(_LEDGER_NAMES.get(f, f) for f in SEGMENT_ROW_FIELDS)]
 
 
 def save_segments(conn: Connection, consumer: str, segments: Sequence[Segment]) -> None:
