@@ -418,14 +418,8 @@ def time_current_state(engine: Engine) -> tuple[int, float]:
     return len(running), time.perf_counter() - started
 
 
-def measure_step(
-    url: URL, engine: Engine, name: str, batch_size: int, repeat: int
-) -> dict[str, Any]:
-    """Every pair for the table as it stands now, each pair measured back to back."""
-    run = consume_in_child(url.render_as_string(hide_password=False), name, batch_size)
-    floor_events, floor_seconds = fetch_floor(engine, batch_size)
-    read_events, read_seconds = consumer_read(engine, batch_size)
-    floor_rate = floor_events / floor_seconds
+def measure_current_state(engine: Engine, repeat: int) -> dict[str, Any]:
+    """(b): current-state and the full read, alternated `repeat` times, each pair back to back."""
     pairs = []
     for _ in range(repeat):
         running, cs_seconds = time_current_state(engine)
@@ -439,14 +433,57 @@ def measure_step(
             }
         )
     ratios = sorted(p["ratio"] for p in pairs)
+    return {"current_state": pairs, "current_state_to_full_read_median": ratios[len(ratios) // 2]}
+
+
+def measure_step(
+    url: URL, engine: Engine, name: str, batch_size: int, repeat: int
+) -> dict[str, Any]:
+    """Every pair for the table as it stands now, each pair measured back to back."""
+    run = consume_in_child(url.render_as_string(hide_password=False), name, batch_size)
+    floor_events, floor_seconds = fetch_floor(engine, batch_size)
+    read_events, read_seconds = consumer_read(engine, batch_size)
+    floor_rate = floor_events / floor_seconds
     return {
         "consume": run,
         "floor_events_per_second": floor_rate,
         "consume_to_floor": run["events_per_second"] / floor_rate,
         "consumer_read_events_per_second": read_events / read_seconds,
-        "current_state": pairs,
-        "current_state_to_full_read_median": ratios[len(ratios) // 2],
+        **measure_current_state(engine, repeat),
     }
+
+
+def _add_consumer_rows(table: Table, total: int, step: dict[str, Any]) -> None:
+    """(a) and (c) of one step, as table rows."""
+    run = step["consume"]
+    table.add_row(f"{total:,} events: consume events/s", f"{run['events_per_second']:,.0f}")
+    table.add_row(
+        "  floor (psycopg fetch, same batches) events/s",
+        f"{step['floor_events_per_second']:,.0f}",
+    )
+    table.add_row("  (a) consume / floor", f"{step['consume_to_floor']:.3f}")
+    table.add_row(
+        "  the consumer's read alone, events/s",
+        f"{step['consumer_read_events_per_second']:,.0f}",
+    )
+    seconds = run["seconds"]
+    for phase, spent in run["phases_seconds"].items():
+        table.add_row(
+            f"  consumer time: {phase}",
+            f"{spent / seconds:.0%} ({spent * 1e6 / run['events']:.2f} µs/event)",
+        )
+    other = seconds - sum(run["phases_seconds"].values())
+    table.add_row(
+        "  consumer time: rest (transactions, commits, gap plan)",
+        f"{other / seconds:.0%} ({other * 1e6 / run['events']:.2f} µs/event)",
+    )
+    table.add_row("  (c) consumer peak RSS MB", f"{run['peak_rss_mb']:,.1f}")
+    samples = run["peak_rss_mb_every_100_batches"]
+    if samples:
+        table.add_row(
+            "  (c) peak RSS MB after the first / last 100 batches",
+            f"{samples[0]:,.1f} / {samples[-1]:,.1f}",
+        )
 
 
 def main() -> None:
@@ -458,6 +495,11 @@ def main() -> None:
     parser.add_argument("--consume-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--consumer", default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--current-state-only",
+        action="store_true",
+        help="measure (b) alone: no consumer, no floor, no RSS (quicker (b) iterations)",
+    )
     args = parser.parse_args()
     if not args.backend:
         parser.error("--backend URL (a PostgreSQL server) is required")
@@ -478,6 +520,10 @@ def main() -> None:
             err.print(f"filling {rows:,} more app events, then VACUUM ANALYZE (autovacuum is off)")
             fill(engine, history, rows)
             total = count(engine)
+            if args.current_state_only:
+                err.print(f"{total:,} events: measuring (b) only …")
+                figures["steps"][total] = measure_current_state(engine, args.repeat)
+                continue
             err.print(f"{total:,} events: measuring (consumer in a child process) …")
             figures["steps"][total] = measure_step(
                 url, engine, f"bench{number}", args.batch_size, args.repeat
@@ -495,35 +541,10 @@ def main() -> None:
     table.add_column("measure")
     table.add_column("figure", justify="right")
     for total, step in figures["steps"].items():
-        run = step["consume"]
-        table.add_row(f"{total:,} events: consume events/s", f"{run['events_per_second']:,.0f}")
-        table.add_row(
-            "  floor (psycopg fetch, same batches) events/s",
-            f"{step['floor_events_per_second']:,.0f}",
-        )
-        table.add_row("  (a) consume / floor", f"{step['consume_to_floor']:.3f}")
-        table.add_row(
-            "  the consumer's read alone, events/s",
-            f"{step['consumer_read_events_per_second']:,.0f}",
-        )
-        seconds = run["seconds"]
-        for phase, spent in run["phases_seconds"].items():
-            table.add_row(
-                f"  consumer time: {phase}",
-                f"{spent / seconds:.0%} ({spent * 1e6 / run['events']:.2f} µs/event)",
-            )
-        other = seconds - sum(run["phases_seconds"].values())
-        table.add_row(
-            "  consumer time: rest (transactions, commits, gap plan)",
-            f"{other / seconds:.0%} ({other * 1e6 / run['events']:.2f} µs/event)",
-        )
-        table.add_row("  (c) consumer peak RSS MB", f"{run['peak_rss_mb']:,.1f}")
-        samples = run["peak_rss_mb_every_100_batches"]
-        if samples:
-            table.add_row(
-                "  (c) peak RSS MB after the first / last 100 batches",
-                f"{samples[0]:,.1f} / {samples[-1]:,.1f}",
-            )
+        if "consume" in step:
+            _add_consumer_rows(table, total, step)
+        else:
+            table.add_row(f"{total:,} events", "")
         for pair in step["current_state"]:
             table.add_row(
                 f"  (b) current-state {pair['current_state_seconds']:.2f} s / full read "

@@ -208,3 +208,32 @@ def test_cs4_kind_filter_keeps_only_that_kind(engine: Engine, kind: str | None) 
     running = sql_and_fold(engine, kind)
     expected = {"app": ["p"], "task": ["t"], "service": ["s"]}
     assert [r.guid for r in running] == (expected[kind] if kind else ["p", "t", "s"])
+
+
+def test_cs1_sql_planner_settings_hold_for_the_read_only_transaction_only(
+    engine: Engine,
+) -> None:
+    """CS1/CS2: the set-based query runs in a read-only transaction with its own planner
+    settings (PostgreSQL: one process, no hash or merge joins, see
+    `db.prepare_for_current_state`), and they end with that transaction."""
+    if db.backend_of(engine) is not db.Backend.POSTGRESQL:
+        pytest.skip("planner settings are PostgreSQL's; elsewhere prepare is a no-op")
+    names = ("max_parallel_workers_per_gather", "enable_hashjoin", "enable_mergejoin", "jit")
+
+    def settings_now(conn: Any) -> dict[str, str]:
+        return {n: str(conn.exec_driver_sql(f"SHOW {n}").scalar_one()) for n in names}
+
+    insert_app(engine, app_row("STARTED", app_guid="p", previous_state="STOPPED"))
+    with db.transaction(engine, read_only=True) as conn:
+        before = settings_now(conn)
+        assert [r.guid for r in current_state.running_by_sql(conn)] == ["p"]
+        during = settings_now(conn)
+    with db.transaction(engine, read_only=True) as conn:
+        after = settings_now(conn)
+    assert during == {
+        "max_parallel_workers_per_gather": "0",
+        "enable_hashjoin": "off",
+        "enable_mergejoin": "off",
+        "jit": "off",
+    }
+    assert after == before != during
