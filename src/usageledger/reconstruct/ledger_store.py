@@ -27,6 +27,8 @@ from usageledger.reconstruct.billing import (
     ResourceState,
     Segment,
     StateRow,
+    state_from_row,
+    state_to_row,
 )
 from usageledger.reconstruct.gaps import IdRange, KnownGap
 from usageledger.schema import (
@@ -107,77 +109,25 @@ def read_cursors(conn: Connection, consumer: str) -> list[ConsumerCursor]:
 # --- resource states --------------------------------------------------------------------------
 
 
-def _state_from_row(row: sa.Row[Any]) -> ResourceState:
-    return ResourceState(
-        kind=row.kind,
-        guid=row.resource_guid,
-        is_open=bool(row.is_open),
-        ever_opened=bool(row.ever_opened),
-        last_event_id=int(row.last_event_id),
-        run_start=row.run_start,
-        run_start_is_lower_bound=bool(row.run_start_is_lower_bound),
-        run_opened_by_id=row.run_opened_by_id,
-        run_opened_by_guid=row.run_opened_by_guid,
-        segment_start=row.segment_start,
-        segment_start_is_lower_bound=bool(row.segment_start_is_lower_bound),
-        segment_opened_by_id=row.segment_opened_by_id,
-        segment_opened_by_guid=row.segment_opened_by_guid,
-        segment_approximate_size=bool(row.segment_approximate_size),
-        footprint=Footprint(
-            instance_count=row.instance_count,
-            memory_in_mb_per_instance=row.memory_in_mb_per_instance,
-            service_plan_guid=row.service_plan_guid,
-        ),
-        name=row.name,
-        space_guid=row.space_guid,
-        org_guid=row.org_guid,
-        last_end=row.last_end,
-    )
-
-
-def open_states(conn: Connection, consumer: str, kinds: Sequence[str]) -> list[ResourceState]:
-    c = ledger_resources.c
-    rows = conn.execute(
-        sa.select(ledger_resources)
-        .where(c.consumer == consumer, c.kind.in_(kinds), c.is_open.is_(True))
-        .order_by(c.kind, c.resource_guid)
-    ).all()
-    return [_state_from_row(row) for row in rows]
-
-
 #: The ledger's names for the row-layout fields that `billing` names after its own classes.
 _LEDGER_NAMES = {"guid": "resource_guid", "start": "start_at", "end": "end_at"}
 #: `ledger_resources` columns in the order of `billing.STATE_ROW_FIELDS`, consumer first.
 _STATE_COLUMNS = ["consumer", *(_LEDGER_NAMES.get(f, f) for f in STATE_ROW_FIELDS)]
 
 
-def _state_row(consumer: str, state: ResourceState) -> tuple[Any, ...]:
-    """A resource state as a row of `ledger_resources`, in the order of `_STATE_COLUMNS`."""
-    footprint = state.footprint
-    return (
-        consumer,
-        state.kind,
-        state.guid,
-        state.is_open,
-        state.ever_opened,
-        state.last_event_id,
-        state.run_start,
-        state.run_start_is_lower_bound,
-        state.run_opened_by_id,
-        state.run_opened_by_guid,
-        state.segment_start,
-        state.segment_start_is_lower_bound,
-        state.segment_opened_by_id,
-        state.segment_opened_by_guid,
-        state.segment_approximate_size,
-        footprint.instance_count,
-        footprint.memory_in_mb_per_instance,
-        footprint.service_plan_guid,
-        state.name,
-        state.space_guid,
-        state.org_guid,
-        state.last_end,
-    )
+def _states_query() -> sa.Select[*tuple[Any, ...]]:
+    """`ledger_resources` rows laid out as `billing.STATE_ROW_FIELDS` (for `state_from_row`)."""
+    return sa.select(*(ledger_resources.c[name] for name in _STATE_COLUMNS[1:]))
+
+
+def open_states(conn: Connection, consumer: str, kinds: Sequence[str]) -> list[ResourceState]:
+    c = ledger_resources.c
+    rows = conn.execute(
+        _states_query()
+        .where(c.consumer == consumer, c.kind.in_(kinds), c.is_open.is_(True))
+        .order_by(c.kind, c.resource_guid)
+    ).all()
+    return [state_from_row(row) for row in rows]
 
 
 def save_states(
@@ -207,7 +157,7 @@ def save_states(
         conn,
         ledger_resources,
         _STATE_COLUMNS,
-        [_state_row(consumer, states[rid]) for rid in sorted(states)],
+        [(consumer, *state_to_row(states[rid])) for rid in sorted(states)],
     )
 
 
@@ -270,11 +220,11 @@ def put_segment_rows(conn: Connection, consumer: str, rows: Sequence[Sequence[An
 
 def all_states(conn: Connection, consumer: str, guid: str | None = None) -> list[ResourceState]:
     c = ledger_resources.c
-    statement = sa.select(ledger_resources).where(c.consumer == consumer)
+    statement = _states_query().where(c.consumer == consumer)
     if guid is not None:
         statement = statement.where(c.resource_guid == guid)
     rows = conn.execute(statement.order_by(c.kind, c.resource_guid)).all()
-    return [_state_from_row(row) for row in rows]
+    return [state_from_row(row) for row in rows]
 
 
 # --- segments and findings --------------------------------------------------------------------
