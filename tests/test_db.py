@@ -393,3 +393,21 @@ def test_r11_stream_rows_reads_one_statement_in_chunks(engine: Engine) -> None:
         next(early)
         early.close()
         assert conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one() == 23
+
+
+def test_r11_stream_rows_without_chunked_streaming(
+    engine: Engine, backend: db.Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R11: where psycopg cannot stream in chunks (libpq older than 17), PostgreSQL reads the
+    same rows through a server-side cursor, chunk by chunk, inside the caller's transaction."""
+    if backend is not db.Backend.POSTGRESQL:
+        pytest.skip("the fallback is PostgreSQL's")
+    monkeypatch.setattr(db, "psycopg_streams_in_chunks", lambda: False)
+    query = sa.select(sa.func.generate_series(1, 12).label("n"))
+    with engine.connect() as conn, conn.begin():
+        chunks = list(db.stream_rows(conn, query, 5))
+    assert [[row[0] for row in chunk] for chunk in chunks] == [
+        [1, 2, 3, 4, 5],
+        [6, 7, 8, 9, 10],
+        [11, 12],
+    ]

@@ -719,6 +719,15 @@ def read_only_transaction(conn: Connection) -> Iterator[Connection]:
         conn.execution_options(**{READ_ONLY_OPTION: previous})
 
 
+def psycopg_streams_in_chunks() -> bool:
+    """Whether psycopg can stream one statement in chunks (its `stream(size=…)` needs the
+    chunked-rows mode of libpq 17 or newer; the wheel bundles a recent libpq, a build against
+    the system's libpq may not)."""
+    import psycopg
+
+    return psycopg.pq.version() >= 170000
+
+
 def stream_rows(
     conn: Connection, statement: sa.Select[*tuple[Any, ...]], chunk_rows: int
 ) -> Iterator[list[tuple[Any, ...]]]:
@@ -745,7 +754,7 @@ def stream_rows(
     sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
     driver = conn.connection.driver_connection
     assert driver is not None
-    if backend is Backend.POSTGRESQL:
+    if backend is Backend.POSTGRESQL and psycopg_streams_in_chunks():
         with driver.cursor() as cursor:
             chunk: list[tuple[Any, ...]] = []
             # No parameters: psycopg sends the text as it is, without placeholder parsing.
@@ -756,6 +765,13 @@ def stream_rows(
                     chunk = []
             if chunk:
                 yield chunk
+        return
+    if backend is Backend.POSTGRESQL:
+        # An older libpq: a server-side cursor, one FETCH per chunk, in the caller's transaction.
+        with driver.cursor(name="usageledger_stream") as named:
+            named.execute(sql)
+            while rows := named.fetchmany(chunk_rows):
+                yield list(rows)
         return
     with driver.cursor(conn.dialect.loaded_dbapi.cursors.SSCursor) as unbuffered:
         unbuffered.execute(sql)
