@@ -27,6 +27,7 @@ from usageledger.reconstruct.billing import (
     ResourceState,
     Segment,
     StateRow,
+    segment_to_row,
     state_from_row,
     state_to_row,
 )
@@ -241,30 +242,7 @@ def save_segments(conn: Connection, consumer: str, segments: Sequence[Segment]) 
         conn,
         ledger_segments,
         _SEGMENT_COLUMNS,
-        [
-            (
-                consumer,
-                s.kind,
-                s.guid,
-                s.start,
-                s.end,
-                s.footprint.instance_count,
-                s.footprint.memory_in_mb_per_instance,
-                s.footprint.service_plan_guid,
-                s.opened_by_id,
-                s.opened_by_guid,
-                s.closed_by_id,
-                s.closed_by_guid,
-                s.start_is_lower_bound,
-                s.end_is_repaired,
-                s.gap_close,
-                s.approximate_size,
-                s.name,
-                s.space_guid,
-                s.org_guid,
-            )
-            for s in segments
-        ],
+        [(consumer, *segment_to_row(s)) for s in segments],
     )
 
 
