@@ -9,7 +9,8 @@ from sqlalchemy.engine import URL
 
 from usageledger import db, migrations
 from usageledger.errors import BadInputError, SchemaMissingError
-from usageledger.schema import APP_LIFECYCLE_INDEX, LIFECYCLE_INDEXES, metadata
+from usageledger.migrations import ledger as ledger_migrations
+from usageledger.schema import APP_LIFECYCLE_INDEX, LEDGER_TABLES, LIFECYCLE_INDEXES, metadata
 
 
 def _tables(engine: sa.Engine) -> set[str]:
@@ -112,5 +113,56 @@ def test_downgrade_to_unknown_revision_is_bad_input(empty_db_url: URL) -> None:
         with pytest.raises(BadInputError, match="no-such-revision"):
             migrations.downgrade(engine, "no-such-revision")
         assert migrations.current(engine).up_to_date
+    finally:
+        engine.dispose()
+
+
+def test_ledger_0002_keeps_existing_cursors_and_compares_keys_byte_for_byte(
+    empty_db_url: URL,
+) -> None:
+    """C10/C3, ledger migrations: a ledger at ledger_0001 with a cursor upgrades to head (the
+    cursor keeps its place, without a witness until its next batch; MariaDB's tables get
+    binary collation); downgrade to ledger_0001 and upgrade again round-trip."""
+    ledger_tables = [t.name for t in LEDGER_TABLES]
+    engine = db.make_engine(empty_db_url, create=True)
+    try:
+        ledger_migrations.upgrade(engine, "ledger_0001")
+        assert "last_witness_id" not in {
+            c["name"] for c in sa.inspect(engine).get_columns("ledger_cursors")
+        }
+        mariadb = db.backend_of(engine) is db.Backend.MARIADB
+        with engine.begin() as conn:
+            for table in ledger_tables if mariadb else ():
+                # A ledger created by an earlier release: the server's case-insensitive default.
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {table} CONVERT TO CHARACTER SET utf8mb4"
+                    " COLLATE utf8mb4_general_ci"
+                )
+            conn.exec_driver_sql(
+                "INSERT INTO ledger_cursors (consumer, source_table, position, last_event_id,"
+                " updated_at) VALUES ('billing', 'app_usage_events', 42, 41,"
+                " '2026-01-01 00:00:00.000000')"
+            )
+        ledger_migrations.upgrade(engine)
+        assert ledger_migrations.current(engine).up_to_date
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT position, last_witness_id FROM ledger_cursors"))
+            assert [tuple(r) for r in row] == [(42, None)]
+            if mariadb:
+                collations = conn.execute(
+                    sa.text(
+                        "SELECT DISTINCT table_collation FROM information_schema.tables"
+                        " WHERE table_schema = DATABASE() AND table_name LIKE 'ledger%'"
+                    )
+                ).scalars()
+                assert list(collations) == ["utf8mb4_bin"]
+        ledger_migrations.downgrade(engine, "ledger_0001")
+        assert "last_witness_id" not in {
+            c["name"] for c in sa.inspect(engine).get_columns("ledger_cursors")
+        }
+        ledger_migrations.upgrade(engine)
+        assert "last_witness_id" in {
+            c["name"] for c in sa.inspect(engine).get_columns("ledger_cursors")
+        }
     finally:
         engine.dispose()

@@ -525,6 +525,15 @@ def drop_database(url: str | URL) -> None:
 # --- online index builds (migrations) -----------------------------------------------------
 
 
+def use_binary_collation(bind: Connection, table: str) -> None:
+    """MariaDB: convert `table`'s text columns to utf8mb4_bin, so keys compare byte for byte
+    as on PostgreSQL and SQLite (a no-op on a table that has it already, and elsewhere)."""
+    if backend_of(bind) is Backend.MARIADB:
+        bind.exec_driver_sql(
+            f"ALTER TABLE `{table}` CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )
+
+
 def needs_autocommit_for_online_ddl(bind: Connection) -> bool:
     """PostgreSQL builds indexes CONCURRENTLY, which cannot run inside a transaction."""
     return backend_of(bind) is Backend.POSTGRESQL

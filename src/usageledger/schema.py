@@ -315,6 +315,11 @@ ledger_metadata = MetaData()
 #: Longest resource key: a staging key is `parent_app_guid/package_guid` (C13).
 LEDGER_KEY_LENGTH = 511
 
+#: Ledger keys compare byte for byte. MariaDB's default utf8mb4 collation ignores case and
+#: trailing spaces, so `P2` and `p2` would share one primary key there and one resource's state
+#: would overwrite the other's; binary collation gives the comparisons of PostgreSQL and SQLite.
+LEDGER_TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
 
 def _consumer(*, primary_key: bool = False) -> Column[str]:
     return Column("consumer", String(100), nullable=False, primary_key=primary_key)
@@ -352,6 +357,11 @@ ledger_cursors = Table(
     Column("position", BigInteger, nullable=False),
     Column("last_event_id", BigInteger, nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The last applied event that retention would delete once it is old whatever it keeps (a
+    # row that opens no lifecycle). If it is gone, a cleanup's cutoff has passed this cursor
+    # and may have pruned events it has not read (C10). Added by ledger_0002.
+    Column("last_witness_id", BigInteger, nullable=True),
+    **LEDGER_TABLE_OPTIONS,
 )
 
 #: Per-resource state (C3): CLOSED, or OPEN with the run's and the open segment's start.
@@ -380,6 +390,7 @@ ledger_resources = Table(
     Column("last_end", UTCDateTime(), nullable=True),
     # No index led by consumer or is_open: without statistics (a young ledger) PostgreSQL would
     # pick it for the per-batch guid lookups and filter; the C10 scan of OPEN rows is rare.
+    **LEDGER_TABLE_OPTIONS,
 )
 
 #: Closed billed segments with their provenance and flags (C9). Open segments are the OPEN rows
@@ -405,6 +416,7 @@ ledger_segments = Table(
     *_name_columns(),
     Index("ledger_segments_resource_index", "resource_guid", "consumer"),
     sqlite_autoincrement=True,
+    **LEDGER_TABLE_OPTIONS,
 )
 
 #: What the consumer reported instead of billing: duplicate and orphan endings, quarantined
@@ -424,6 +436,7 @@ ledger_findings = Table(
     Column("detail", String(1000), nullable=False, server_default=""),
     Index("ledger_findings_consumer_index", "consumer", "source_table", "event_id"),
     sqlite_autoincrement=True,
+    **LEDGER_TABLE_OPTIONS,
 )
 
 #: Id gaps the reader met (C2): `open` while waiting out the grace period, `permanent` once the
@@ -441,6 +454,7 @@ ledger_gaps = Table(
     Column("resolved_at", UTCDateTime(), nullable=True),
     Index("ledger_gaps_consumer_index", "consumer", "source_table", "status", "first_id"),
     sqlite_autoincrement=True,
+    **LEDGER_TABLE_OPTIONS,
 )
 
 LEDGER_TABLES: tuple[Table, ...] = (

@@ -434,3 +434,32 @@ def test_c2_findings_codes_are_stable() -> None:
         "fell_behind_retention",
         "gap_close",
     }
+
+
+def test_c4_a_real_start_while_open_reports_the_missed_ending() -> None:
+    """C4: STARTED with previous_state STOPPED, a second TASK_STARTED or a second CREATED for
+    an OPEN resource says its ending was never read: the run goes on (the stop time is
+    unknown) and a missed_ending finding says so. A legacy STARTED without previous_state may
+    be a scale: no finding."""
+    apps = fold(
+        app_events(
+            app_row("STARTED", app_guid="p", minute=0, previous_state="STOPPED"),
+            app_row("STARTED", app_guid="p", minute=5, previous_state=None),
+            app_row("STARTED", app_guid="p", minute=9, previous_state="STOPPED"),
+            app_row("TASK_STARTED", task_guid="t", minute=1),
+            app_row("TASK_STARTED", task_guid="t", minute=2),
+        )
+    )
+    assert sorted((f.code.value, f.event_id) for f in apps.findings) == [
+        ("missed_ending", 3),
+        ("missed_ending", 5),
+    ]
+    assert all(s.is_open for s in apps.segments) and len(apps.segments) == 2
+    services = fold(
+        service_events(
+            service_row("CREATED", instance="s", minute=0),
+            service_row("CREATED", instance="s", minute=3),
+        )
+    )
+    assert [(f.code.value, f.event_id) for f in services.findings] == [("missed_ending", 2)]
+    assert _only(services.segments).start == at(0)

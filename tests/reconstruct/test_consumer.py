@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from unittest import mock
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tests.reconstruct.histories import app_row, at, insert_app, insert_service, service_row
-from usageledger import db
+from usageledger import db, retention
 from usageledger.clock import SimulatedClock
 from usageledger.errors import FellBehindRetentionError
 from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS
@@ -117,7 +118,7 @@ def test_c1_crash_before_commit_applies_nothing_and_a_rerun_finishes(
         consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, batch_size=4)
     with ledger.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ledger_segments)).scalar() == 0
-    assert cursor_of(ledger, APP_USAGE_EVENTS) is None
+    assert cursor_of(ledger, APP_USAGE_EVENTS) == 0  # created before the batch, never moved
     consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, batch_size=4)
     assert stored(ledger) == folded(engine)
 
@@ -267,3 +268,200 @@ def test_c14_ledger_in_a_separate_database(
     assert cursor_of(separate_ledger, SERVICE_USAGE_EVENTS) == 2
     if sa.inspect(engine).has_table("ledger_cursors"):
         assert cursor_of(engine, SERVICE_USAGE_EVENTS) is None
+
+
+def _keep_running_cleanup(engine: Engine, days_after_t0: int = 40) -> None:
+    """The real cleanup (R5–R7), run when every row above is older than the 31-day cutoff."""
+    retention.cleanup(
+        engine,
+        APP_USAGE_EVENTS,
+        cutoff_age_in_days=31,
+        clock=SimulatedClock(at(0) + timedelta(days=days_after_t0)),
+    )
+
+
+def _ids(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(app_usage_events.c.id).order_by("id")).scalars())
+
+
+def test_c10_keep_running_cleanup_past_the_cursor_is_detected(
+    engine: Engine, ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C10 with the keep-running cleanup: a long-running process keeps the table's lowest id
+    far below the cursor, so "the table starts above the cursor" never holds; the consumer
+    still finds it fell behind (the last row it read is gone), closes p1 and p2 whose endings
+    were pruned unread, keeps p0 (its kept opening) and exits 4. Before, the pruned range
+    passed as a rolled-back hole and p1 and p2 stayed open for ever."""
+    insert_app(
+        engine,
+        app_row("STARTED", app_guid="p0", minute=0, previous_state="STOPPED"),
+        app_row("STARTED", app_guid="p1", minute=1, previous_state="STOPPED"),
+        app_row("STARTED", app_guid="p2", minute=2, previous_state="STOPPED"),
+    )
+    consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS])
+    insert_app(
+        engine,
+        app_row("STOPPED", app_guid="p1", minute=10),
+        app_row("STOPPED", app_guid="p2", minute=11),
+        app_row("STARTED", app_guid="p4", minute=12, previous_state="STOPPED"),
+    )
+    _keep_running_cleanup(engine)
+    assert _ids(engine) == [1, 6]
+    result = consumer.consume(
+        engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS]
+    )
+    assert [(g.first_id, g.last_id, g.gap_closed) for g in result.fell_behind] == [(4, 5, 2)]
+    with pytest.raises(FellBehindRetentionError):
+        consumer.raise_if_fell_behind(result)
+    led = stored(ledger)
+    assert {s.guid for s in led.segments if s.gap_close} == {"p1", "p2"}
+    assert {r.guid for r in led.open_resources()} == {"p0", "p4"}
+
+
+def test_c10_witness_detects_pruning_when_the_last_read_row_is_kept(
+    engine: Engine, ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C10: the consumer's last row (p0's latest opening) is one retention keeps, and the table
+    still starts at p0's first opening; the witness (the task's ending, the last row read that
+    retention deletes when old) is gone, so the pruned STOPPED of p1 is found and p1 closed."""
+    insert_app(
+        engine,
+        app_row("STARTED", app_guid="p0", minute=0, previous_state="STOPPED"),
+        app_row("STARTED", app_guid="p1", minute=1, previous_state="STOPPED"),
+        app_row("TASK_STARTED", task_guid="t1", minute=2),
+        app_row("TASK_STOPPED", task_guid="t1", minute=3),
+        app_row(
+            "STARTED",
+            app_guid="p0",
+            minute=4,
+            instances=2,
+            previous_state="STARTED",
+            previous_instances=1,
+            previous_memory=256,
+        ),
+    )
+    consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS])
+    insert_app(
+        engine,
+        app_row("STOPPED", app_guid="p1", minute=10),
+        app_row("STARTED", app_guid="p2", minute=12, previous_state="STOPPED"),
+    )
+    _keep_running_cleanup(engine)
+    assert _ids(engine) == [1, 5, 7]
+    result = consumer.consume(
+        engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS]
+    )
+    assert [(g.first_id, g.last_id, g.gap_closed) for g in result.fell_behind] == [(6, 6, 1)]
+    led = stored(ledger)
+    assert [s.guid for s in led.segments if s.gap_close] == ["p1"]
+    assert {r.guid for r in led.open_resources()} == {"p0", "p2"}
+
+
+def test_c10_a_restart_in_the_pruned_range_ends_the_old_run(
+    engine: Engine, ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C10: p1 stopped and started again inside the pruned range; the kept row is the new
+    run's real start. The old run is closed (gap close) and the new one starts at its own
+    start, as `reconstruct current-state` says; before, the restart was absorbed into one run
+    from day 0."""
+    insert_app(engine, app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"))
+    consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS])
+    restart = 5 * 24 * 60
+    insert_app(
+        engine,
+        app_row("STOPPED", app_guid="p1", minute=60),
+        app_row("STARTED", app_guid="p1", minute=restart, previous_state="STOPPED"),
+    )
+    _keep_running_cleanup(engine)
+    assert _ids(engine) == [3]
+    result = consumer.consume(
+        engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS]
+    )
+    assert [(g.first_id, g.last_id, g.gap_closed) for g in result.fell_behind] == [(2, 2, 1)]
+    led = stored(ledger)
+    (closed,) = [s for s in led.segments if s.end is not None]
+    assert closed.gap_close and (closed.start, closed.end) == (at(0), at(restart))
+    (state,) = led.open_resources()
+    assert state.run_start == at(restart) and state.run_opened_by_id == 3
+
+
+def test_c10_a_rolled_back_hole_after_an_old_style_cleanup_is_not_falling_behind(
+    engine: Engine, ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C10/C2: a caught-up consumer whose read rows an old delete-everything cleanup removed
+    (p1's opening) then passes a rolled-back hole: nothing above its cursor was pruned (its
+    witness, the task's ending, is still there), so no C10, and p1, still running, stays
+    open."""
+    insert_app(
+        engine,
+        app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"),
+        app_row("TASK_STARTED", task_guid="t1", minute=40 * 24 * 60),
+        app_row("TASK_STOPPED", task_guid="t1", minute=40 * 24 * 60 + 1),
+    )
+    consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
+    with engine.begin() as conn:
+        conn.execute(app_usage_events.delete().where(app_usage_events.c.id == 1))
+        conn.execute(
+            app_usage_events.insert().values(
+                id=5, **app_row("STARTED", app_guid="p2", minute=40 * 24 * 60 + 2)
+            )
+        )
+    waiting = consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
+    assert waiting.waiting_at  # hole 4 first waits out its grace period (C2)
+    clock.advance(GRACE)
+    result = consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
+    assert result.fell_behind == () and result.events_applied == 1
+    assert {r.guid for r in stored(ledger).open_resources()} == {"p1", "p2"}
+    with ledger.connect() as conn:
+        gaps = ledger_store.gap_records(conn, consumer.DEFAULT_CONSUMER)
+    assert [(g.first_id, g.last_id, g.status) for g in gaps] == [(4, 4, "permanent")]
+
+
+def test_c1_a_new_consumer_name_used_twice_at_once_creates_one_cursor(
+    engine: Engine, ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C1: two first runs of the same new consumer name race to create its cursor; the loser
+    waits for the winner's row instead of failing on the primary key."""
+    insert_app(engine, app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"))
+    if db.backend_of(ledger) is db.Backend.SQLITE:
+        pytest.skip("SQLite writers begin with BEGIN IMMEDIATE: the second waits before reading")
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+    real_new_row = ledger_store._new_cursor_row
+
+    def both_saw_no_cursor(*args):  # type: ignore[no-untyped-def]
+        barrier.wait(timeout=10)  # both runs have looked and found no cursor
+        return real_new_row(*args)
+
+    def run() -> None:
+        try:
+            consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS])
+        except BaseException as exc:
+            errors.append(exc)
+
+    with mock.patch.object(ledger_store, "_new_cursor_row", both_saw_no_cursor):
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert errors == []
+    assert stored(ledger) == folded(engine)
+
+
+def test_c3_keys_differing_only_in_case_are_two_resources(
+    engine: Engine, ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C3: the ledger compares keys byte for byte on every backend (MariaDB's default
+    collation would make `P2` and `p2` one primary key, and the consumer fail for good)."""
+    insert_app(
+        engine,
+        app_row("STARTED", app_guid="P2", minute=0, previous_state="STOPPED"),
+        app_row("STARTED", app_guid="p2", minute=1, previous_state="STOPPED"),
+        app_row("STOPPED", app_guid="p2", minute=2),
+    )
+    consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS])
+    led = stored(ledger)
+    assert [r.guid for r in led.open_resources()] == ["P2"]
+    assert [(s.guid, s.end) for s in led.segments if s.end is not None] == [("p2", at(2))]

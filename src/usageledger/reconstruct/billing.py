@@ -72,6 +72,7 @@ class FindingCode(StrEnum):
     BASELINE_RESIZE = "baseline_resize"  # a baseline restated a different size (C5)
     FELL_BEHIND_RETENTION = "fell_behind_retention"  # C10, with the gap bounds in detail
     GAP_CLOSE = "gap_close"  # an OPEN resource closed because its history was pruned (C10)
+    MISSED_ENDING = "missed_ending"  # a real start for a resource already OPEN (C4)
 
 
 @attrs.frozen(kw_only=True)
@@ -188,9 +189,18 @@ _MEANINGS: dict[tuple[str, str, bool], Meaning] = {
 
 def meaning_of(event: UsageEvent) -> Meaning:
     """The event's lifecycle, kind and role."""
-    index = (event.table, event.state, event.previous_state == event.state)
+    return _meaning(event.table, event.state, event.previous_state)
+
+
+def _meaning(table: str, state: str, previous_state: str | None) -> Meaning:
+    index = (table, state, previous_state == state)
     found = _MEANINGS.get(index)
     return found if found is not None else _work_out_meaning(*index)
+
+
+def role_of(table: str, state: str, previous_state: str | None) -> Role:
+    """What a row with this state and previous_state means to the consumer (C4)."""
+    return _meaning(table, state, previous_state).role
 
 
 def key_of(event: UsageEvent, meaning: Meaning) -> str | None:
@@ -553,6 +563,14 @@ def transition(state: ResourceState | None, event: UsageEvent) -> Step:
     new_footprint = _footprint_of(event, state)
     mismatch = role is Role.RESIZE and _previous_footprint_disagrees(event, state)
     findings_list: list[Finding] = []
+    if role is Role.START and (meaning.kind != "app" or event.previous_state is not None):
+        # A real start says the resource was not running: its ending was never read (pruned
+        # unread, or behind a gap the cursor passed). When it stopped is unknown, so the run
+        # goes on as one (an over-bill bounded by this event), and the finding says so. A
+        # legacy STARTED without previous_state may be a scale: no finding.
+        findings_list.append(
+            _finding(FindingCode.MISSED_ENDING, event, "a real start while open; billed on")
+        )
     if mismatch:
         findings_list.append(_finding(FindingCode.FOOTPRINT_MISMATCH, event, "at resize"))
     if new_footprint is state.footprint:
@@ -1145,6 +1163,9 @@ class RowFold:
                 ]
                 continue
             assert state is not None
+            if role is Role.START and (kind != "app" or previous_state is not None):
+                self._by_transition(row)  # a real start while OPEN: a missed ending, a finding
+                continue
             # OPEN: a restatement; a different footprint closes the segment and opens the next
             # one where it ended (C8).
             if (

@@ -18,16 +18,19 @@ from sqlalchemy.engine import Connection, Engine
 from usageledger import db
 from usageledger.clock import Clock
 from usageledger.errors import BadInputError, FellBehindRetentionError
-from usageledger.lifecycles import APP_USAGE_EVENTS, EVENT_TABLES, lifecycles_of
+from usageledger.lifecycles import APP_USAGE_EVENTS, EVENT_TABLES, lifecycles_of, opening_states
 from usageledger.reconstruct import ledger_store, source
 from usageledger.reconstruct.billing import (
+    ROW_FIELDS,
     STAGING,
     BillingStateMachine,
     Finding,
     FindingCode,
     ResourceId,
+    Role,
     RowFold,
     resources_of_rows,
+    role_of,
 )
 from usageledger.reconstruct.gaps import IdRange, KnownGap, plan_read
 
@@ -42,6 +45,11 @@ DEFAULT_BATCH_SIZE = 5000
 #: How many ids ahead the reader records gaps when it is blocked (C2), so that the holes of a
 #: pruned table start their grace period together instead of one batch at a time.
 GAP_LOOKAHEAD = 100_000
+
+#: Per table: the states retention may keep (openings), and where a row tuple holds its state.
+#: Any other applied row is a witness for C10 (see `_fell_behind_retention`).
+_OPENINGS = {table: opening_states(table) for table in EVENT_TABLES}
+_STATE_INDEX = {table: ROW_FIELDS[table].index("state") for table in EVENT_TABLES}
 
 
 @attrs.frozen
@@ -98,23 +106,60 @@ def _retention_closes(
     table: str,
     machine: BillingStateMachine,
     at: datetime,
+    position: int,
 ) -> int:
-    """C10: close OPEN resources with neither a kept opening nor an ending left in the table."""
+    """C10: close the OPEN resources whose run ended in the pruned range.
+
+    Retention keeps a running resource's first opening (R5), so a run whose opening is still in
+    the table goes on. One whose opening is gone ended (or an old-style cleanup removed it);
+    what is left of it above the cursor decides: an ending or a baseline or resize carries it
+    on, a real start begins a new run (so this one ended unseen), nothing at all means its
+    history was pruned. Those last two are closed, flagged.
+    """
     closed = 0
     for kind in _kinds_of(table):
         states = ledger_store.open_states(ledger_conn, consumer, [kind])
-        if not states:
+        gone = source.missing_ids(
+            source_conn, table, [s.run_opened_by_id for s in states if s.run_opened_by_id]
+        )
+        suspects = [s for s in states if s.run_opened_by_id is None or s.run_opened_by_id in gone]
+        if not suspects:
             continue
         lifecycle = next((lc for lc in lifecycles_of(table) if lc.kind == kind), None)
-        kept = source.keys_with_history(source_conn, lifecycle, table, [s.guid for s in states])
-        for state in states:
-            if state.guid in kept:
+        following = source.next_lifecycle_rows(
+            source_conn, lifecycle, table, [s.guid for s in suspects], position
+        )
+        for state in suspects:
+            after = following.get(state.guid)
+            if after is not None and role_of(table, *after) not in _NEW_RUN:
                 continue
             rid: ResourceId = (state.kind, state.guid)
             machine.states[rid] = state
             machine.close_for_gap(rid, at)
             closed += 1
     return closed
+
+
+#: Roles that begin a new run, so that an OPEN resource whose next kept row is one of them
+#: ended before it (C10).
+_NEW_RUN = frozenset({Role.START, Role.STAGING_START})
+
+
+def _fell_behind_retention(
+    conn: Connection, table: str, cursor: ledger_store.ConsumerCursor
+) -> bool:
+    """C10, asked when the cursor passes id gaps: were rows above it pruned?
+
+    Yes when the table now starts above the cursor, or when an event this consumer applied is
+    gone: the last one, or the last one that retention deletes once it is old whatever it
+    keeps (the witness). A cleanup whose cutoff passed the witness also passed the rows right
+    above the cursor. A rolled-back transaction's hole leaves both in place.
+    """
+    lowest = source.lowest_id(conn, table)
+    if lowest is None or lowest > cursor.position:
+        return True
+    read = [i for i in (cursor.last_event_id, cursor.witness_id) if i is not None]
+    return bool(read) and bool(source.missing_ids(conn, table, read))
 
 
 def consume_batch(
@@ -150,15 +195,12 @@ def consume_batch(
             passed: list[tuple[KnownGap, str]] = [
                 (gap, ledger_store.GAP_PERMANENT) for gap in plan.passed
             ]
-            leading = plan.passed[0] if plan.passed else None
-            if leading is not None and cursor.position > 0 and leading.first == cursor.position + 1:
-                lowest = source.lowest_id(sconn, table)
-                if lowest is not None and lowest > cursor.position:
-                    # C10: the cursor's row is gone and the table starts above it.
-                    fell_behind, gap_closed = _fell_behind(
-                        lconn, sconn, consumer, table, leading, rows[0][2]
-                    )
-                    passed[0] = (leading, ledger_store.GAP_RETENTION)
+            # A consumer at 0 has read nothing: it bootstraps from the kept rows (C10).
+            if plan.passed and cursor.position > 0 and _fell_behind_retention(sconn, table, cursor):
+                fell_behind, gap_closed = _fell_behind(
+                    lconn, sconn, consumer, table, cursor.position, plan.passed, rows[0][2]
+                )
+                passed = [(gap, ledger_store.GAP_RETENTION) for gap in plan.passed]
             remaining = max(0, (top or 0) - plan.position) if len(rows) == batch_size else 0
         fold = RowFold(
             table, ledger_store.take_states(lconn, consumer, resources_of_rows(table, applied))
@@ -178,8 +220,17 @@ def consume_batch(
             known=known,
         )
         last_event_id = applied[-1][0] if applied else cursor.last_event_id
+        openings, state_index = _OPENINGS[table], _STATE_INDEX[table]
+        witness = next(
+            (row[0] for row in reversed(applied) if row[state_index] not in openings),
+            cursor.witness_id,
+        )
         ledger_store.write_cursor(
-            lconn, attrs.evolve(cursor, position=plan.position, last_event_id=last_event_id), now
+            lconn,
+            attrs.evolve(
+                cursor, position=plan.position, last_event_id=last_event_id, witness_id=witness
+            ),
+            now,
         )
     if plan.blocked_by is not None:
         log.info(
@@ -208,14 +259,16 @@ def _fell_behind(
     sconn: Connection,
     consumer: str,
     table: str,
-    leading: KnownGap,
+    position: int,
+    gaps: Sequence[KnownGap],
     first_kept_at: datetime,
 ) -> tuple[RetentionGap, int]:
     """C10: close the OPEN resources whose history was pruned, at the first kept event's time
     (naive UTC as read), and store the closes and findings before the batch's own."""
     machine = BillingStateMachine()
     at = first_kept_at.replace(tzinfo=UTC) if first_kept_at.tzinfo is None else first_kept_at
-    gap_closed = _retention_closes(lconn, sconn, consumer, table, machine, at)
+    gap_closed = _retention_closes(lconn, sconn, consumer, table, machine, at, position)
+    first, last = gaps[0].first, gaps[-1].last
     machine.findings.insert(
         0,
         Finding(
@@ -227,8 +280,8 @@ def _fell_behind(
             guid=None,
             state=None,
             detail=(
-                f"ids {leading.first}..{leading.last} were pruned before this "
-                f"consumer read them; {gap_closed} open resources closed"
+                f"ids {first}..{last} were pruned before this consumer read them "
+                f"({len(gaps)} holes); {gap_closed} open resources closed"
             ),
         ),
     )
@@ -236,13 +289,13 @@ def _fell_behind(
         "consumer %s fell behind retention on %s: ids %d..%d pruned unread",
         consumer,
         table,
-        leading.first,
-        leading.last,
+        first,
+        last,
     )
     ledger_store.save_states(lconn, consumer, {rid: machine.states[rid] for rid in machine.touched})
     ledger_store.save_segments(lconn, consumer, machine.closed)
     ledger_store.save_findings(lconn, consumer, machine.findings)
-    return RetentionGap(table, leading.first, leading.last, gap_closed), gap_closed
+    return RetentionGap(table, first, last, gap_closed), gap_closed
 
 
 def consume(
@@ -271,6 +324,7 @@ def consume(
     waiting: dict[str, IdRange] = {}
     behind: list[RetentionGap] = []
     for table in tables:
+        ledger_store.ensure_cursor(ledger_engine, consumer, table, clock)
         while max_batches is None or batches < max_batches:
             result = consume_batch(
                 source_engine,

@@ -11,9 +11,10 @@ from typing import Any
 
 import attrs
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from usageledger import db
+from usageledger.clock import Clock
 from usageledger.reconstruct.billing import (
     S_GUID,
     S_KIND,
@@ -48,12 +49,14 @@ GAP_RETENTION = "retention"
 @attrs.frozen
 class ConsumerCursor:
     """Where a consumer stands in one source table: every id <= `position` is applied or a
-    recorded hole; `last_event_id` is the last event actually applied."""
+    recorded hole; `last_event_id` is the last event actually applied; `witness_id` the last
+    applied event that retention deletes once it is old, whatever it keeps (C10)."""
 
     consumer: str
     table: str
     position: int
     last_event_id: int | None
+    witness_id: int | None = None
 
 
 def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -63,27 +66,54 @@ def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any
 # --- cursors ----------------------------------------------------------------------------------
 
 
+def _new_cursor_row(consumer: str, table: str, now: datetime) -> dict[str, Any]:
+    return {
+        "consumer": consumer,
+        "source_table": table,
+        "position": 0,
+        "last_event_id": None,
+        "last_witness_id": None,
+        "updated_at": now,
+    }
+
+
+def ensure_cursor(engine: Engine, consumer: str, table: str, clock: Clock) -> None:
+    """Create the cursor at position 0 if it does not exist, in a transaction of its own.
+
+    `consume` calls it before its batches, so that two first runs of the same new consumer
+    name do not both insert the row inside their batch transactions (on MariaDB their locking
+    reads of the missing row would deadlock): here one insert waits for the other and then
+    finds the row there.
+    """
+    c = ledger_cursors.c
+    mine = sa.and_(c.consumer == consumer, c.source_table == table)
+    try:
+        with db.transaction(engine) as conn:
+            if conn.execute(sa.select(c.position).where(mine)).first() is None:
+                conn.execute(
+                    ledger_cursors.insert().values(
+                        **_new_cursor_row(consumer, table, clock.now(conn))
+                    )
+                )
+    except sa.exc.IntegrityError:
+        pass  # the other run created it
+
+
 def lock_cursor(conn: Connection, consumer: str, table: str, now: datetime) -> ConsumerCursor:
     """The cursor, locked for this transaction (a second consumer of the same name waits);
-    created at position 0 on first use."""
+    created at position 0 on first use (see `ensure_cursor` for two first uses at once)."""
     c = ledger_cursors.c
     row = conn.execute(
-        sa.select(c.position, c.last_event_id)
+        sa.select(c.position, c.last_event_id, c.last_witness_id)
         .where(c.consumer == consumer, c.source_table == table)
         .with_for_update()
     ).first()
     if row is None:
-        conn.execute(
-            ledger_cursors.insert().values(
-                consumer=consumer,
-                source_table=table,
-                position=0,
-                last_event_id=None,
-                updated_at=now,
-            )
-        )
+        conn.execute(ledger_cursors.insert().values(**_new_cursor_row(consumer, table, now)))
         return ConsumerCursor(consumer, table, 0, None)
-    return ConsumerCursor(consumer, table, int(row.position), row.last_event_id)
+    return ConsumerCursor(
+        consumer, table, int(row.position), row.last_event_id, row.last_witness_id
+    )
 
 
 def write_cursor(conn: Connection, cursor: ConsumerCursor, now: datetime) -> None:
@@ -91,19 +121,27 @@ def write_cursor(conn: Connection, cursor: ConsumerCursor, now: datetime) -> Non
     conn.execute(
         ledger_cursors.update()
         .where(c.consumer == cursor.consumer, c.source_table == cursor.table)
-        .values(position=cursor.position, last_event_id=cursor.last_event_id, updated_at=now)
+        .values(
+            position=cursor.position,
+            last_event_id=cursor.last_event_id,
+            last_witness_id=cursor.witness_id,
+            updated_at=now,
+        )
     )
 
 
 def read_cursors(conn: Connection, consumer: str) -> list[ConsumerCursor]:
     c = ledger_cursors.c
     rows = conn.execute(
-        sa.select(c.source_table, c.position, c.last_event_id)
+        sa.select(c.source_table, c.position, c.last_event_id, c.last_witness_id)
         .where(c.consumer == consumer)
         .order_by(c.source_table)
     ).all()
     return [
-        ConsumerCursor(consumer, r.source_table, int(r.position), r.last_event_id) for r in rows
+        ConsumerCursor(
+            consumer, r.source_table, int(r.position), r.last_event_id, r.last_witness_id
+        )
+        for r in rows
     ]
 
 

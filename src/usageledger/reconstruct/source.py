@@ -15,7 +15,10 @@ from sqlalchemy.engine import Connection
 from usageledger import db
 from usageledger.lifecycles import APP_USAGE_EVENTS, Lifecycle
 from usageledger.reconstruct.billing import ROW_FIELDS, STAGING_STATES, UsageEvent, event_from_row
-from usageledger.schema import EVENT_TABLES, app_usage_events, service_usage_events
+from usageledger.schema import EVENT_TABLES, service_usage_events
+
+#: Keys or ids per lookup statement (a bound parameter each; well under every backend's limit).
+_KEYS_PER_QUERY = 500
 
 
 def event_columns(table: str) -> list[sa.ColumnElement[object]]:
@@ -72,40 +75,57 @@ def lowest_id(conn: Connection, table: str) -> int | None:
     return int(value) if value is not None else None
 
 
-def keys_with_history(
-    conn: Connection, lifecycle: Lifecycle | None, table: str, keys: Sequence[str]
-) -> set[str]:
-    """Which of `keys` still have any opening or ending row (C10: "a kept opening or an
-    ending"). `lifecycle` None means staging keys (`parent_app_guid/package_guid`)."""
-    found: set[str] = set()
-    for start in range(0, len(keys), 500):
-        chunk = list(keys[start : start + 500])
+def missing_ids(conn: Connection, table: str, ids: Sequence[int]) -> set[int]:
+    """Which of `ids` are no longer in `table` (C10: rows this consumer read, since pruned)."""
+    source = EVENT_TABLES[table]
+    wanted = sorted(set(ids))
+    present: set[int] = set()
+    for start in range(0, len(wanted), _KEYS_PER_QUERY):
+        chunk = wanted[start : start + _KEYS_PER_QUERY]
+        present.update(
+            int(v)
+            for v in conn.execute(sa.select(source.c.id).where(source.c.id.in_(chunk))).scalars()
+        )
+    return set(wanted) - present
+
+
+def next_lifecycle_rows(
+    conn: Connection, lifecycle: Lifecycle | None, table: str, keys: Sequence[str], after_id: int
+) -> dict[str, tuple[str, str | None]]:
+    """For each of `keys`, the (state, previous_state) of its first opening or ending above
+    `after_id`, if any (C10: what the kept rows say about a run whose opening was pruned).
+    `lifecycle` None means staging keys (`parent_app_guid/package_guid`)."""
+    source = EVENT_TABLES[table]
+    previous = source.c.previous_state if "previous_state" in source.c else sa.null()
+    found: dict[str, tuple[str, str | None]] = {}
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        chunk = list(keys[start : start + _KEYS_PER_QUERY])
         if lifecycle is not None:
-            source = EVENT_TABLES[lifecycle.table]
-            key = source.c[lifecycle.key_column]
-            statement = (
-                sa.select(key)
-                .where(source.c.state.in_(lifecycle.states), key.in_(chunk))
-                .distinct()
-            )
-            found.update(str(value) for value in conn.execute(statement).scalars())
+            key_columns = [source.c[lifecycle.key_column]]
+            where = [source.c.state.in_(lifecycle.states), key_columns[0].in_(chunk)]
         else:
-            pairs = [tuple(k.split("/", 1)) for k in chunk if "/" in k]
+            pairs = [k.split("/", 1) for k in chunk if "/" in k]
             if not pairs:
                 continue
-            t = app_usage_events
-            statement = (
-                sa.select(t.c.parent_app_guid, t.c.package_guid)
-                .where(
-                    t.c.state.in_(sorted(STAGING_STATES)),
-                    t.c.parent_app_guid.in_([p[0] for p in pairs]),
-                )
-                .distinct()
-            )
-            wanted = set(pairs)
-            for parent, package in conn.execute(statement).all():
-                if (parent, package) in wanted:
-                    found.add(f"{parent}/{package}")
+            key_columns = [source.c.parent_app_guid, source.c.package_guid]
+            where = [
+                source.c.state.in_(sorted(STAGING_STATES)),
+                source.c.parent_app_guid.in_(sorted({p[0] for p in pairs})),
+            ]
+        first = (
+            sa.select(*key_columns, sa.func.min(source.c.id).label("first_id"))
+            .where(*where, source.c.id > after_id)
+            .group_by(*key_columns)
+            .subquery()
+        )
+        statement = sa.select(
+            *(first.c[c.name] for c in key_columns), source.c.state, previous
+        ).join_from(first, source, source.c.id == first.c.first_id)
+        wanted = set(chunk)
+        for row in conn.execute(statement).all():
+            key = "/".join(str(part) for part in row[:-2])
+            if key in wanted:
+                found[key] = (row[-2], row[-1])
     return found
 
 
