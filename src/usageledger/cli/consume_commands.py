@@ -105,11 +105,12 @@ def _show(ledger: Engine, consumer: str, guid: str, as_json: bool) -> int:
             }
         )
         return 0
+    # Every line below carries names and guids from the ledger: printed literally (§9).
     out = stdout()
     if not segments and not found:
-        out.print(f"consumer {consumer!r} has billed nothing for {guid}")
+        out.print(f"consumer {consumer!r} has billed nothing for {guid}", markup=False)
         return 0
-    out.print(f"{guid}: {len(segments)} segments billed by consumer {consumer!r}")
+    out.print(f"{guid}: {len(segments)} segments billed by consumer {consumer!r}", markup=False)
     for number, s in enumerate(segments, start=1):
         end = s.end.isoformat() if s.end is not None else "open"
         out.print(
@@ -301,17 +302,20 @@ def consume_command(
     if as_json:
         emit_json(summary)
     else:
+        # The consumer's name is the user's: printed literally, never as markup (§9).
         out = stdout()
         out.print(
             f"consumer {consumer_name!r}: {summary['events_applied']:,} events applied in "
             f"{summary['batches']} batches, {summary['segments_closed']} segments closed, "
-            f"{summary['findings']} findings"
+            f"{summary['findings']} findings",
+            markup=False,
         )
         for table, position in summary["positions"].items():
-            out.print(f"  {table}: cursor at id {position}")
+            out.print(f"  {table}: cursor at id {position}", markup=False)
         for table, gap in summary["waiting_at"].items():
             out.print(
-                f"  {table}: waiting at ids {gap['first_id']}..{gap['last_id']} (grace period)"
+                f"  {table}: waiting at ids {gap['first_id']}..{gap['last_id']} (grace period)",
+                markup=False,
             )
     if not follow and results:
         try:

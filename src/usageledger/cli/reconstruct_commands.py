@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from usageledger import db
-from usageledger.cli.root import db_option, emit_json, json_option, open_engine, stdout
+from usageledger.cli.root import db_option, emit_json, json_option, literal, open_engine, stdout
 from usageledger.reconstruct import current_state
 from usageledger.reconstruct.current_state import KINDS, Drift, RunningResource
 
@@ -94,7 +94,8 @@ def current_state_command(
         out = stdout()
         table = Table(title="running now")
         for column in ("kind", "guid", "name", "space", "started at", "size", "last event"):
-            table.add_column(column)
+            # fold, not ellipsis: a narrow terminal wraps a guid or name but never cuts it.
+            table.add_column(column, overflow="fold")
         for r in running:
             size = (
                 f"plan {r.service_plan_guid or '-'}"
@@ -102,7 +103,11 @@ def current_state_command(
                 else f"{r.instance_count} × {r.memory_in_mb_per_instance} MB"
             )
             started = ("≥ " if r.start_is_lower_bound else "") + r.started_at.isoformat()
-            table.add_row(r.kind, r.guid, r.name, r.space_guid, started, size, str(r.last_event_id))
+            # Names and guids come from the database: printed literally, never as markup.
+            table.add_row(
+                *map(literal, (r.kind, r.guid, r.name, r.space_guid, started, size)),
+                str(r.last_event_id),
+            )
         out.print(table)
         shown = [k for k in KINDS if kind is None or k == kind]
         out.print("totals: " + ", ".join(f"{k} {totals[k]}" for k in shown))
@@ -114,9 +119,9 @@ def current_state_command(
             if drift:
                 drift_table = Table(title="drift against the resource tables")
                 for column in ("kind", "guid", "problem", "remedy"):
-                    drift_table.add_column(column)
+                    drift_table.add_column(column, overflow="fold")
                 for d in drift:
-                    drift_table.add_row(d.kind, d.guid, d.problem, d.remedy)
+                    drift_table.add_row(*map(literal, (d.kind, d.guid, d.problem, d.remedy)))
                 out.print(drift_table)
             else:
                 out.print("no drift: the event tables agree with the resource tables")

@@ -13,6 +13,7 @@ import attrs
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -25,11 +26,17 @@ log = logging.getLogger("usageledger")
 
 
 def stdout() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    # No emoji codes: a name like `web:cat:` from the database is printed as it is (§9).
+    return Console(highlight=False, soft_wrap=True, emoji=False)
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def literal(value: object) -> Text:
+    """A data value (a name, guid or path) for a rich Table cell or print: never markup."""
+    return Text("" if value is None else str(value))
 
 
 def db_option(f: F) -> F:
@@ -98,6 +105,41 @@ def cli(verbose: int) -> None:
     )
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _command_path(group: click.Group, argv: Sequence[str]) -> str:
+    """The command words of argv (`usageledger cleanup`), for errors click raises without one."""
+    words = ["usageledger"]
+    command: click.Command = group
+    for arg in argv:
+        if not isinstance(command, click.Group):
+            break
+        if arg.startswith("-"):
+            continue  # a group option such as -v (the groups' options take no value)
+        sub = command.commands.get(arg)
+        if sub is None:
+            break
+        words.append(arg)
+        command = sub
+    return " ".join(words)
+
+
+def _usage_error_line(exc: click.ClickException, group: click.Group, argv: Sequence[str]) -> str:
+    """Click's message as one `error: …` line naming the remedy, without click's usage block."""
+    message = _one_line(db.mask_url_text(exc.format_message())).rstrip(".")
+    if not isinstance(exc, click.UsageError):
+        return f"error: {message}"
+    path = exc.ctx.command_path if exc.ctx is not None else _command_path(group, argv)
+    if message.endswith("?"):  # "No such option '--bach-size'. Did you mean '--batch-size'?"
+        return f"error: {message} See `{path} --help`"
+    return f"error: {message}; see `{path} --help`"
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", None)
+
+
 def run(group: click.Group, argv: Sequence[str]) -> int:
     """Run the command line; every failure becomes one `error: …` line and an exit code."""
     err = stderr()
@@ -106,9 +148,11 @@ def run(group: click.Group, argv: Sequence[str]) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
-        if isinstance(exc, click.UsageError) and exc.ctx is not None:
-            err.print(exc.ctx.get_usage(), markup=False)
-        err.print(f"error: {db.mask_url_text(exc.format_message())}", markup=False)
+        if _NO_ARGS_IS_HELP is not None and isinstance(exc, _NO_ARGS_IS_HELP):
+            # A group named without a command (`usageledger db`): its help, as click shows it.
+            err.print(exc.format_message(), markup=False)
+            return 2
+        err.print(_usage_error_line(exc, group, argv), markup=False)
         return 2
     except click.Abort:
         err.print("error: interrupted", markup=False)

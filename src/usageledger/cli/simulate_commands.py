@@ -15,7 +15,15 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from usageledger import db
-from usageledger.cli.root import db_option, emit_json, json_option, show_progress, stderr, stdout
+from usageledger.cli.root import (
+    db_option,
+    emit_json,
+    json_option,
+    literal,
+    show_progress,
+    stderr,
+    stdout,
+)
 from usageledger.errors import BadInputError
 from usageledger.simulator.checker import INVARIANTS, Severity, Verdict, Words
 from usageledger.simulator.report import never_exercised, report_document, write_outputs
@@ -119,7 +127,7 @@ def _render(result: RunResult, files: dict[str, Path]) -> None:
         deviations.add_column("count", justify="right")
         deviations.add_column("total size", justify="right")
         for name, (count, seconds) in sorted(totals.items()):
-            deviations.add_row(name, str(count), Words.span(seconds))
+            deviations.add_row(literal(name), str(count), Words.span(seconds))
         out.print(deviations)
     coverage = Table(title="coverage (S9)", title_justify="left")
     coverage.add_column("race or fault")
@@ -137,10 +145,11 @@ def _render(result: RunResult, files: dict[str, Path]) -> None:
     for f in shown:
         out.print(f"[red]{f.invariant}[/] {escape(f.witness)}", markup=True, highlight=False)
     hidden = len(report.invalid_findings()) - len(shown)
+    # The paths are under the user's --out (which may hold `[`): printed literally.
     if hidden > 0:
-        out.print(f"… and {hidden} more invalid findings in {files['report']}")
-    out.print(f"picture: {files['picture']}")
-    out.print(f"scenario (replay with --scenario): {files['scenario']}")
+        out.print(f"… and {hidden} more invalid findings in {files['report']}", markup=False)
+    out.print(f"picture: {files['picture']}", markup=False)
+    out.print(f"scenario (replay with --scenario): {files['scenario']}", markup=False)
 
 
 def _shrink(result: RunResult, server: str, out_dir: Path) -> Path:
