@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -1075,6 +1075,27 @@ def fetch_rows(conn: Connection, statement: sa.Executable) -> list[tuple[Any, ..
 #: Memory PostgreSQL may use per sort or hash in `reconstruct current-state` (its default,
 #: 4 MB, makes the aggregation over every process guid ever seen spill to disk).
 CURRENT_STATE_WORK_MEM_MB = 64
+
+
+def byte_comparison(bind: Engine | Connection) -> Callable[[Any], Any] | None:
+    """None where text columns already compare byte for byte (PostgreSQL, SQLite); on MariaDB,
+    whose default collation ignores case and trailing spaces (`stopped` matches `STOPPED`,
+    keys `P2` and `p2` group together), a wrapper for a text column that compares its bytes.
+
+    CAST … AS BINARY rather than COLLATE utf8mb4_bin: it works whatever the column's character
+    set (platform databases are often utf8mb3). It hides the column from its indexes, so a
+    query keeps the plain comparison for the index and adds this one as a filter.
+    """
+    if backend_of(bind) is Backend.MARIADB:
+        return lambda column: sa.type_coerce(sa.cast(column, sa.LargeBinary), sa.String)
+    return None
+
+
+def least(bind: Engine | Connection, *values: Any) -> Any:
+    """The smallest of `values` (SQL expressions, none NULL): LEAST, or SQLite's min()."""
+    if backend_of(bind) is Backend.SQLITE:
+        return sa.func.min(*values)
+    return sa.func.least(*values)
 
 
 def prepare_for_current_state(conn: Connection) -> None:

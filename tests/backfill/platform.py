@@ -10,8 +10,8 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from usageledger import producer
-from usageledger.schema import app_usage_events, service_usage_events
+from usageledger import db, producer
+from usageledger.schema import app_usage_events, processes, service_usage_events
 
 Row = dict[str, Any]
 
@@ -111,3 +111,19 @@ def insert_event(engine: Engine, table: sa.Table, row: Row) -> int:
         result = conn.execute(table.insert().values(**values))
         assert result.inserted_primary_key is not None
         return int(result.inserted_primary_key[0])
+
+
+def stop_below_baseline(engine: Engine, process: str) -> Row:
+    """The outcome of a seed batch that raced a stop (B5): the process is stopped and its
+    STOPPED has an id below its baseline. The seed now waits for a stop in flight, so tests
+    build this outcome directly (an older release, or a stop committed around the batch's
+    lock on a backend that reads otherwise, could leave it)."""
+    [baseline] = [r for r in app_rows(engine, "WAS_RUNNING") if r["app_guid"] == process]
+    stop = {**baseline, "guid": db.new_guid(), "state": "STOPPED", "previous_state": "STARTED"}
+    with engine.begin() as conn:
+        # forget_history left the ids below the first baseline free.
+        stop["id"] = conn.execute(sa.select(sa.func.min(app_usage_events.c.id))).scalar_one() - 1
+        assert stop["id"] > 0
+        conn.execute(app_usage_events.insert().values(**stop))
+        conn.execute(processes.update().where(processes.c.guid == process).values(state="STOPPED"))
+    return baseline

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -22,15 +23,16 @@ from tests.backfill.platform import (
     running_task,
     service_rows,
     started_process,
+    stop_below_baseline,
 )
 from usageledger import db, producer
 from usageledger.backfill import BACKFILL_LOCK, Phase, backfill, backfill_batches
+from usageledger.reconstruct import current_state
 from usageledger.schema import app_usage_events, service_usage_events
 
 SERIALIZED_WRITERS = (
-    "SQLite lets one writer at a time: the seed batch would wait for the producer's open stop "
-    "transaction and then see it committed, so a baseline can never land after a stop; "
-    "test_repair.py builds that outcome directly"
+    "SQLite lets one writer at a time: the seed batch waits for the producer's open "
+    "transaction at BEGIN IMMEDIATE and then reads it committed"
 )
 
 
@@ -39,98 +41,148 @@ def _need_server(backend: db.Backend) -> None:
         pytest.skip(SERIALIZED_WRITERS)
 
 
-def test_b5_race_seed_snapshot_before_concurrent_stop_then_repair_appends_stopped(
-    engine: Engine, backend: db.Backend
-) -> None:
-    """B5: the stop's row gets its id first, the seed batch reads a snapshot without it and
-    commits a baseline after it; the repair then appends the missing STOPPED."""
-    _need_server(backend)
-    app = make_app(engine)
-    process = started_process(engine, app)
-    forget_history(engine)
-
-    with db.run_lock(engine, BACKFILL_LOCK, wait=False) as lock:
-        steps = backfill_batches(engine, lock, kinds=("app",))
-        with engine.connect() as platform:
-            platform.begin()
-            producer.stop_process(platform, process)  # STOPPED written, not yet committed
-            seed = next(steps)
-            assert (seed.phase, seed.inserted) == (Phase.SEED, 1)
-            platform.commit()
-        assert [r["state"] for r in app_rows(engine)] == ["STOPPED", "WAS_RUNNING"]
-        repair = next(steps)
-        assert (repair.phase, repair.inserted) == (Phase.REPAIR, 1)
-        assert list(steps) == []
-
-    rows = app_rows(engine)
-    assert [r["state"] for r in rows] == ["STOPPED", "WAS_RUNNING", "STOPPED"]
-    assert rows[2]["previous_state"] == "WAS_RUNNING"
-    assert backfill(engine).rows_added == 0
-
-
-def _wait_until_blocked(engine: Engine, session: int) -> None:
+def _wait_until_blocked(engine: Engine, session: int, what: str) -> None:
     for _ in range(100):
         if db.is_waiting_for_lock(engine, session):
             return
         time.sleep(0.05)
-    raise AssertionError("the repair never waited for the producer's row lock")
+    raise AssertionError(f"the {what} never waited for the producer's row lock")
+
+
+def _seed_while_in_flight(
+    engine: Engine, kind: str, change: Callable[[sa.Connection], object]
+) -> list[tuple[Phase, int]]:
+    """Run `change` on a platform transaction, start the backfill's seed batch, check that it
+    waits for the producer's row lock, commit the change, and let the run finish."""
+    with db.run_lock(engine, BACKFILL_LOCK, wait=False) as lock:
+        assert lock.connection is not None
+        session = db.connection_id(lock.connection)
+        steps = backfill_batches(engine, lock, kinds=(kind,))
+        done: list[tuple[Phase, int]] = []
+        with engine.connect() as platform:
+            platform.begin()
+            change(platform)  # its event has an id, not committed
+            run = threading.Thread(target=lambda: done.extend((r.phase, r.inserted) for r in steps))
+            run.start()
+            _wait_until_blocked(engine, session, "seed")
+            platform.commit()
+            run.join(30)
+    assert not run.is_alive()
+    return done
+
+
+def test_b4_b5_race_seed_waits_for_a_stop_in_flight_and_seeds_nothing(
+    engine: Engine, backend: db.Backend
+) -> None:
+    """B4, B5: the stop's STOPPED already has an id when the seed batch reads the process. The
+    batch waits for the producer's row lock, reads the process stopped, and seeds no baseline
+    (before, it read its snapshot's STARTED and committed a baseline after the STOPPED, which
+    stayed open until a repair ran after the stop had committed)."""
+    _need_server(backend)
+    app = make_app(engine)
+    process = started_process(engine, app)
+    forget_history(engine)
+    batches = _seed_while_in_flight(engine, "app", lambda c: producer.stop_process(c, process))
+    assert batches == [(Phase.SEED, 0)]
+    assert [r["state"] for r in app_rows(engine)] == ["STOPPED"]
+    assert backfill(engine).rows_added == 0
+
+
+def test_b4_race_seed_waits_for_a_scale_in_flight_and_restates_no_old_size(
+    engine: Engine, backend: db.Backend
+) -> None:
+    """B4, B2: a scale of a process whose start was pruned is being committed while the seed
+    batch reads it. The batch waits, then finds the scale's STARTED on record (an opening of
+    the current run) and seeds nothing; before, it seeded a WAS_RUNNING with the old size after
+    the scale, and consumers billed 2 instances while 5 ran, with no repair ever due."""
+    _need_server(backend)
+    app = make_app(engine)
+    process = started_process(engine, app, instances=2)
+    forget_history(engine)
+    batches = _seed_while_in_flight(
+        engine, "app", lambda c: producer.scale_process(c, process, instances=5)
+    )
+    assert batches == [(Phase.SEED, 0)]
+    assert [(r["state"], r["instance_count"]) for r in app_rows(engine)] == [("STARTED", 5)]
+    with db.transaction(engine, read_only=True) as conn:
+        [running] = current_state.running_by_sql(conn, "app")
+    assert running.instance_count == 5 and running.start_is_lower_bound
+
+
+def test_b4_race_seed_waits_for_a_plan_change_in_flight(
+    engine: Engine, backend: db.Backend
+) -> None:
+    """B4, B2: the same for a service instance whose plan is changing: the UPDATED with the new
+    plan is on record when the batch reads, and no baseline restates the old plan after it."""
+    _need_server(backend)
+    app = make_app(engine)
+    instance = managed_instance(engine, app)
+    broker = producer.create_service_broker(engine, "broker-2")
+    offering = producer.create_service(engine, broker, "mysql")
+    big = producer.create_service_plan(engine, offering, "big")
+    forget_history(engine)
+    batches = _seed_while_in_flight(
+        engine, "service", lambda c: producer.update_service_instance(c, instance, plan_guid=big)
+    )
+    assert batches == [(Phase.SEED, 0)]
+    assert [(r["state"], r["service_plan_name"]) for r in service_rows(engine)] == [
+        ("UPDATED", "big")
+    ]
+
+
+def test_b4_b5_race_seed_waits_for_a_task_end_and_a_delete_in_flight(
+    engine: Engine, backend: db.Backend
+) -> None:
+    """B4, B5, P2: a task succeeding (no evidence, so no TASK_STOPPED) and a service instance
+    being deleted while the seed batch reads them: it waits for both and seeds no baseline that
+    would bill the task or the instance until a later repair."""
+    _need_server(backend)
+    app = make_app(engine)
+    task = running_task(engine, app)
+    instance = managed_instance(engine, app)
+    forget_history(engine)
+    assert _seed_while_in_flight(engine, "task", lambda c: producer.succeed_task(c, task)) == [
+        (Phase.SEED, 0)
+    ]
+    assert _seed_while_in_flight(
+        engine, "service", lambda c: producer.delete_service_instance(c, instance)
+    ) == [(Phase.SEED, 0)]
+    assert app_rows(engine) == []
+    assert [r["state"] for r in service_rows(engine)] == ["DELETED"]
 
 
 def test_b5_race_repair_waits_for_a_restart_in_flight_and_appends_nothing(
     engine: Engine, backend: db.Backend
 ) -> None:
-    """B5: a stale baseline's process is being restarted (its STARTED already has an id) while
-    the repair runs; the repair waits for the producer's row lock, reads STARTED, and appends no
-    STOPPED that would close the new run."""
+    """B5: a stale baseline's process (stopped below it: the outcome of a seed that raced a stop)
+    is being restarted (its STARTED already has an id) while the repair runs; the repair waits
+    for the producer's row lock, reads STARTED, and appends no STOPPED that would close the new
+    run."""
     _need_server(backend)
     app = make_app(engine)
     process = started_process(engine, app)
     forget_history(engine)
+    backfill(engine)
+    stop_below_baseline(engine, process)
 
     with db.run_lock(engine, BACKFILL_LOCK, wait=False) as lock:
         assert lock.connection is not None
         session = db.connection_id(lock.connection)
         steps = backfill_batches(engine, lock, kinds=("app",))
+        assert next(steps).inserted == 0  # the seed: the process is stopped
         with engine.connect() as platform:
-            platform.begin()
-            producer.stop_process(platform, process)
-            assert next(steps).inserted == 1  # the stale baseline, after the stop
-            platform.commit()
             platform.begin()
             producer.start_process(platform, process)  # STARTED has its id, not committed
             repairs: list[int] = []
             repair = threading.Thread(target=lambda: repairs.append(next(steps).inserted))
             repair.start()
-            _wait_until_blocked(engine, session)
+            _wait_until_blocked(engine, session, "repair")
             platform.commit()
             repair.join(30)
         assert repairs == [0]
         assert list(steps) == []
 
     assert [r["state"] for r in app_rows(engine)] == ["STOPPED", "WAS_RUNNING", "STARTED"]
-
-
-def test_b5_race_task_ends_without_evidence_while_seeded_then_repaired(
-    engine: Engine, backend: db.Backend
-) -> None:
-    """P2, B5: the task succeeds while its baseline is being seeded; the gate saw no evidence and
-    wrote no stop, the baseline commits after; the repair appends the TASK_STOPPED."""
-    _need_server(backend)
-    app = make_app(engine)
-    task = running_task(engine, app)
-    forget_history(engine)
-
-    with db.run_lock(engine, BACKFILL_LOCK, wait=False) as lock:
-        steps = backfill_batches(engine, lock, kinds=("task",))
-        with engine.connect() as platform:
-            platform.begin()
-            assert producer.succeed_task(platform, task) is False
-            assert next(steps).inserted == 1
-            platform.commit()
-        repair = next(steps)
-        assert (repair.phase, repair.inserted) == (Phase.REPAIR, 1)
-
-    assert [r["state"] for r in app_rows(engine)] == ["TASK_WAS_RUNNING", "TASK_STOPPED"]
 
 
 def test_b5_repair_respects_an_ending_committed_between_batches(engine: Engine) -> None:

@@ -20,6 +20,7 @@ from tests.backfill.platform import (
     service_rows,
     snapshot,
     started_process,
+    stop_below_baseline,
 )
 from usageledger import db, producer
 from usageledger.backfill import backfill
@@ -36,20 +37,6 @@ def _seeded(engine: Engine, state: str, key: str, guid: str) -> Row:
     )
     [row] = [r for r in table_rows if r[key] == guid]
     return row
-
-
-def _stop_below_baseline(engine: Engine, process: str) -> Row:
-    """The race's outcome (B5): the process stopped and its STOPPED got an id below the baseline
-    that a seed batch, reading an older snapshot, committed after it."""
-    baseline = _seeded(engine, "WAS_RUNNING", "app_guid", process)
-    stop = {**baseline, "guid": db.new_guid(), "state": "STOPPED", "previous_state": "STARTED"}
-    with engine.begin() as conn:
-        # forget_history left the ids below the first baseline free.
-        stop["id"] = conn.execute(sa.select(sa.func.min(app_usage_events.c.id))).scalar_one() - 1
-        assert stop["id"] > 0
-        conn.execute(app_usage_events.insert().values(**stop))
-        conn.execute(processes.update().where(processes.c.guid == process).values(state="STOPPED"))
-    return baseline
 
 
 def _seed_forgotten(engine: Engine) -> None:
@@ -77,7 +64,7 @@ def test_b5_stopped_process_gets_a_copied_ending_and_a_lower_stop_does_not_count
     app = make_app(engine)
     process = started_process(engine, app, instances=4, memory=1024)
     _seed_forgotten(engine)
-    baseline = _stop_below_baseline(engine, process)
+    baseline = stop_below_baseline(engine, process)
 
     result = backfill(engine, clock=SimulatedClock(REPAIR_TIME))
 
@@ -211,7 +198,7 @@ def _mixed_platform(engine: Engine) -> App:
     deleted = producer.create_service_instance(engine, app.space_guid, "creds")
     forget_history(engine)
     backfill(engine, batch_size=2)
-    _stop_below_baseline(engine, stopped)
+    stop_below_baseline(engine, stopped)
     with engine.begin() as conn:
         conn.execute(processes.delete().where(processes.c.guid == gone))
         conn.execute(tasks.update().where(tasks.c.guid == ended).values(state="FAILED"))

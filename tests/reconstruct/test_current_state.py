@@ -237,3 +237,24 @@ def test_cs1_sql_planner_settings_hold_for_the_read_only_transaction_only(
         "jit": "off",
     }
     assert after == before != during
+
+
+def test_cs2_sql_and_fold_agree_on_case_variants_and_rows_without_a_key(engine: Engine) -> None:
+    """CS2 on inputs the random histories never make: keys that differ only in case are two
+    resources, a lowercase `stopped` is an unknown state (not an ending), and a TASK_STARTED
+    without task_guid is no resource (the fold reports it, C11). MariaDB's default collation
+    would match all three case-insensitively; the query compares bytes everywhere."""
+    insert_app(
+        engine,
+        app_row("STARTED", app_guid="P2", minute=0, previous_state="STOPPED"),
+        app_row("STARTED", app_guid="p2", minute=1, previous_state="STOPPED"),
+        app_row("stopped", app_guid="P2", minute=2),
+        app_row("TASK_STARTED", task_guid=None, minute=3),
+        app_row("TASK_STARTED", task_guid="t1", minute=4),
+    )
+    running = sql_and_fold(engine)
+    assert [(r.kind, r.guid, r.started_at) for r in running] == [
+        ("app", "P2", at(0)),
+        ("app", "p2", at(1)),
+        ("task", "t1", at(4)),
+    ]

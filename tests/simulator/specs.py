@@ -65,8 +65,9 @@ def consumer(name: str, days: list[float], flavour: str = "reference") -> ActorS
 
 def backfill_vs_stop() -> Scenario:
     """A legacy process (its start pruned long ago) stops while a backfill seeds: the stop's
-    STOPPED gets an id below the baseline, so the table says it runs until repair (SPEC §5).
-    The consumer reads the baseline before the repair runs."""
+    STOPPED has its id and the process row is locked when the seed batch comes to it. The
+    batch waits for the stop to commit and seeds no baseline (SPEC §5's race cannot happen for
+    processes: the seed share-locks what it reads). The consumer bills nothing."""
     return scenario(
         [
             ActorSpec("producer-1", PRODUCER, (op(10, "stop_process", "proc-1"),)),
@@ -79,7 +80,7 @@ def backfill_vs_stop() -> Scenario:
         schedule=[
             ["~tick"],
             ["producer-1", "through:INSERT INTO app_usage_events"],
-            # The seed commits its baseline; the repair is next.
+            # The seed batch blocks on the stop's row lock; the scheduler runs the others.
             ["backfill-1", "until:AS baseline"],
             ["producer-1", "op"],
             ["consumer-1", "op"],
@@ -87,6 +88,36 @@ def backfill_vs_stop() -> Scenario:
             ["*"],
         ],
         note="backfill INSERT…SELECT racing a stop",
+        grace_steps=3,
+    )
+
+
+def backfill_vs_task_end() -> Scenario:
+    """A legacy task (its start pruned) succeeds while a backfill seeds. Its stop transaction
+    runs the P2 gate first (no evidence yet), then the seed batch, which has not met the task's
+    row lock yet, commits a TASK_WAS_RUNNING; the task then ends without a TASK_STOPPED (the
+    gate saw none). The consumer reads the open baseline; the repair appends the ending
+    (SPEC §5's race, as it remains with a seed that locks what it reads)."""
+    return scenario(
+        [
+            ActorSpec("producer-1", PRODUCER, (op(10, "succeed_task", "task-1"),)),
+            ActorSpec(
+                "backfill-1", BACKFILL, (op(10, "backfill", batch_size=10), op(13, "backfill"))
+            ),
+            consumer("consumer-1", [10, 10, 11, 12, 14]),
+        ],
+        sizes=Sizes(apps=1, processes=0, tasks=1, service_instances=0, builds=0, legacy=1),
+        schedule=[
+            ["~tick"],
+            ["producer-1", "through:AS stops"],  # the P2 gate, the stop's first read
+            # The seed commits the task's baseline; the task's repair is next.
+            ["backfill-1", "until:tasks.guid = baseline.task_guid"],
+            ["producer-1", "op"],
+            ["consumer-1", "op"],
+            ["consumer-1", "op"],
+            ["*"],
+        ],
+        note="backfill seed between a task stop's gate and its row lock",
         grace_steps=3,
     )
 
@@ -215,13 +246,15 @@ def legacy_tasks() -> Scenario:
 
 
 def created_at_out_of_id_order(consumer_flavour: str = "reference") -> Scenario:
-    """A stop stamps its event's created_at, then waits; time passes; a backfill seeds a
-    baseline (lower id, later created_at); the stop commits after it. Its ending has the higher
-    id and the earlier created_at: only pairing by id gets it right (SPEC §0)."""
+    """A stop stamps its event's created_at, then waits; time passes; an operator's purge and
+    reseed (plain SQL, no row locks) writes a STARTED for the process from its snapshot (lower
+    id, later created_at); the stop commits after it. Its ending has the higher id and the
+    earlier created_at: only pairing by id gets it right (SPEC §0). (The backfill's seed used
+    to make this race; it now waits for the stop's row lock.)"""
     return scenario(
         [
             ActorSpec("producer-1", PRODUCER, (op(10, "stop_process", "proc-1"),)),
-            ActorSpec("backfill-1", BACKFILL, (op(10.05, "backfill", batch_size=10),)),
+            ActorSpec("purge", PURGE, (op(10.05, "purge_and_reseed"),)),
             consumer("consumer-1", [11, 12], consumer_flavour),
         ],
         sizes=Sizes(apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=1),
@@ -229,7 +262,7 @@ def created_at_out_of_id_order(consumer_flavour: str = "reference") -> Scenario:
             ["~tick"],
             ["producer-1", "until:INSERT INTO app_usage_events"],
             ["~tick"],
-            ["backfill-1", "op"],
+            ["purge", "op"],
             ["producer-1", "op"],
             ["*"],
         ],

@@ -17,8 +17,8 @@ CASES: list[tuple[str, Callable[[], Scenario], str, bool]] = [
     # (mutant, scenario, invariant it must break, needs concurrent writers)
     ("reversed_deletion_order", specs.crash_between_passes, "I6", False),
     ("task_baselines_named_was_running", specs.legacy_tasks, "I4", False),
-    ("no_repair", specs.backfill_vs_stop, "I3", True),
-    ("repair_deletes_baseline", specs.backfill_vs_stop, "I3", True),
+    ("no_repair", specs.backfill_vs_task_end, "I3", True),
+    ("repair_deletes_baseline", specs.backfill_vs_task_end, "I3", True),
     ("seed_without_guard", specs.running_at_the_end, "I7", False),
     ("ungated_task_stop", specs.legacy_tasks, "I9", False),
     ("canceling_running_for_seed_only", specs.legacy_tasks, "I1", False),
@@ -57,8 +57,9 @@ def test_s8_naive_consumer_cursor_is_caught(simulate: Simulate, backend: db.Back
 
 def test_s8_pairing_by_created_at_is_caught(simulate: Simulate, backend: db.Backend) -> None:
     """S8: a consumer that pairs events by created_at takes an ending stamped before the
-    baseline it follows (by id) as noise and bills forever (I3); the reference one is valid."""
+    reseeded STARTED it follows (by id) as noise and bills forever (I3); the reference one is
+    valid."""
     if backend is db.Backend.SQLITE:
-        pytest.skip("the stop must hold its transaction while the backfill commits: two writers")
+        pytest.skip("the stop must hold its transaction while the reseed commits: two writers")
     assert "I3" in simulate(specs.created_at_out_of_id_order("created_at")).report.broken()
     assert simulate(specs.created_at_out_of_id_order()).report.verdict.value == "valid"

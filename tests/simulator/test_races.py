@@ -15,15 +15,30 @@ NEEDS_CONCURRENT_WRITERS = (
 )
 
 
-def test_b5_backfill_vs_stop_race_happens_and_is_repaired(
+def test_b4_backfill_seed_waits_for_a_stop_in_flight(
     simulate: Simulate, backend: db.Backend
 ) -> None:
-    """B5/I3: the stop commits with an id below a baseline seeded meanwhile; the repair appends
-    the ending, and the over-bill is a bounded, reported deviation."""
+    """B4/B5: the stop's STOPPED has its id when the seed batch reaches the process; the batch
+    waits for the stop's row lock (a blocked lock), reads it stopped and seeds nothing, so no
+    baseline follows the stop and the repair has nothing to do."""
     if backend is db.Backend.SQLITE:
         pytest.skip(NEEDS_CONCURRENT_WRITERS)
     result = simulate(specs.backfill_vs_stop())
-    assert result.coverage["baseline_after_stop"] == 1
+    assert result.coverage["blocked_lock"] >= 1
+    assert result.coverage["baseline_after_stop"] == 0
+    assert result.coverage["repair_fired"] == 0
+    assert result.report.verdict.value == "valid"
+
+
+def test_b5_backfill_vs_task_end_race_happens_and_is_repaired(
+    simulate: Simulate, backend: db.Backend
+) -> None:
+    """B5/P2/I3: the seed commits a task baseline between the stop's gate and its row lock; the
+    task ends without a TASK_STOPPED, the consumer opens the baseline, and the repair appends
+    the ending: the over-bill is a bounded, reported deviation."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip(NEEDS_CONCURRENT_WRITERS)
+    result = simulate(specs.backfill_vs_task_end())
     assert result.coverage["repair_fired"] >= 1
     assert result.report.verdict.value == "valid"
 

@@ -14,8 +14,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from usageledger import db
 from usageledger.backfill.kinds import ResourceKind
-from usageledger.backfill.lookups import any_row
 from usageledger.backfill.window import NOW, in_window
+from usageledger.event_lookups import any_row
 
 
 def stale_baseline(

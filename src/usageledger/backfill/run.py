@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from usageledger import db
 from usageledger.backfill.kinds import KINDS, ResourceKind, kind_named
 from usageledger.backfill.repair import repair_statement
-from usageledger.backfill.seed import seed_statement
+from usageledger.backfill.seed import lock_statement, seed_statement
 from usageledger.backfill.window import window_values
 from usageledger.clock import DEFAULT_CLOCK, Clock
 from usageledger.errors import BadInputError
@@ -130,9 +130,11 @@ def _walk(
     the last baseline. The windows end at the highest id seen when the phase starts, so the walk
     always ends (a window that appends nothing simply moves on).
     """
+    lock_rows: sa.Select[tuple[int]] | None = None
     if phase is Phase.SEED:
         span = _id_range(engine, lock, kind.source, sa.true())
         statement = seed_statement(kind, engine)
+        lock_rows = lock_statement(kind)
     else:
         events = kind.events
         span = _id_range(engine, lock, events, events.c.state == kind.lifecycle.baseline)
@@ -146,6 +148,8 @@ def _walk(
         through = min(after + batch_size, high)
         started = time.perf_counter()
         with db.locked_transaction(engine, lock, isolation=db.Isolation.READ_COMMITTED) as conn:
+            if lock_rows is not None:
+                conn.execute(lock_rows, window_values(after, through)).all()
             now = clock.now(conn)  # the seed or repair time of this batch's rows (B4, B5)
             inserted = conn.execute(
                 statement,

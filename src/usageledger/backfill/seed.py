@@ -1,7 +1,9 @@
 """The seed (SPEC B1–B4): one baseline per running resource whose current run is not on record.
 
 A batch is one INSERT…SELECT over a window of the resource table's ids; the database builds
-every row, so no resource passes through Python.
+every row, so no resource passes through Python. Before it, the batch share-locks the running
+resources of its window (`lock_statement`), so that it never reads a resource that a producer
+transaction is changing at that moment.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from usageledger import db
 from usageledger.backfill.kinds import ResourceKind
-from usageledger.backfill.lookups import any_row, in_states, state_groups
 from usageledger.backfill.window import NOW, in_window
+from usageledger.event_lookups import any_row, in_states, state_groups
 from usageledger.lifecycles import Lifecycle
 
 
@@ -58,3 +60,28 @@ def seed_statement(kind: ResourceKind, bind: Engine | Connection) -> sa.Insert:
     )
     names = [column.name for column in rows.selected_columns]
     return sa.insert(kind.events).from_select(names, rows)
+
+
+def lock_statement(kind: ResourceKind) -> sa.Select[tuple[int]]:
+    """Share-lock the window's running resources, waiting for producer transactions on them.
+
+    Without it the seed reads the resource rows from its snapshot: a stop in flight (its
+    ending already has an id) still looks running and gets a baseline after its ending, which
+    only a repair run after the stop committed can close; a scale or plan change in flight
+    gets a baseline with the size from before it, after its event, and no repair ever looks
+    at a running resource (B4, B5). Once the locks are held the INSERT…SELECT, a new statement
+    at READ COMMITTED, reads the committed outcome, and no producer can change these rows until
+    the batch commits a moment later.
+
+    A statement of its own rather than a locking INSERT…SELECT: MariaDB holds the table's
+    AUTO-INC lock for the whole of an INSERT…SELECT, so waiting there for a producer that then
+    inserts its own event would deadlock. Producers lock one resource row each, and this
+    statement takes its locks in id order. SQLite has no row locks (one writer at a time).
+    """
+    source = kind.source
+    return (
+        sa.select(source.c.id)
+        .where(in_window(source.c.id), kind.running)
+        .order_by(source.c.id)
+        .with_for_update(read=True)
+    )

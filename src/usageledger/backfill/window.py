@@ -24,5 +24,9 @@ def in_window(id_column: sa.ColumnElement[int]) -> sa.ColumnElement[bool]:
     return sa.and_(id_column > AFTER_ID, id_column <= THROUGH_ID)
 
 
-def window_values(after_id: int, through_id: int, now: datetime) -> dict[str, Any]:
-    return {AFTER_ID.key: after_id, THROUGH_ID.key: through_id, NOW.key: now}
+def window_values(after_id: int, through_id: int, now: datetime | None = None) -> dict[str, Any]:
+    """The window's bound values; `now` for the statements that append rows."""
+    values: dict[str, Any] = {AFTER_ID.key: after_id, THROUGH_ID.key: through_id}
+    if now is not None:
+        values[NOW.key] = now
+    return values

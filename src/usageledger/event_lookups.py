@@ -1,4 +1,5 @@
-"""Looking up one resource's event rows by state, in the shape each index can answer (B2, B5).
+"""Looking up one resource's event rows by state, in the shape each index can answer (the
+backfill's B2 and B5, current-state's start of a run, CS1).
 
 The lifecycle index is (state, key, id) for app processes and service instances: there one
 equality per state is a seek, while MariaDB seeks an IN list on its first column only and would
