@@ -169,7 +169,7 @@ def make_engine(url: str | URL | None = None, *, create: bool = False, **kwargs:
             f"cannot use database URL {display_url(parsed)}: {one_line(exc)}"
         ) from None
     if backend is Backend.SQLITE:
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, create=create)
     return engine
 
 
@@ -194,7 +194,7 @@ def check_connection(engine: Engine) -> None:
 READ_ONLY_OPTION = "usageledger_read_only"
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, create: bool) -> None:
     """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE for writing transactions.
 
     pysqlite's own transaction handling begins lazily and upgrades read locks to write locks
@@ -208,7 +208,10 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            # Switching to WAL writes the file's header: not on an empty file that this engine
+            # was not asked to create, which a command then refuses without writing (§9).
+            if create or cursor.execute("PRAGMA page_count").fetchone()[0] > 0:
+                cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:

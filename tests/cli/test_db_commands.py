@@ -132,3 +132,17 @@ def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
     )
     assert current.returncode == 0, current.stderr
     assert json.loads(current.stdout)["up_to_date"] is True
+
+
+@pytest.mark.parametrize("command", [["cleanup"], ["backfill"], ["reconstruct", "current-state"]])
+def test_empty_sqlite_file_is_refused_and_left_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """§9 bad input: a command on an empty SQLite file says the schema is missing and writes
+    nothing, not even the WAL header: exit 2, one line, the file still 0 bytes."""
+    path = tmp_path / "empty.db"
+    path.touch()
+    code, out, err = _run(capsys, *command, "--db", f"sqlite:///{path}")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: ") and "usageledger db upgrade" in err and err.count("\n") == 1
+    assert path.stat().st_size == 0
