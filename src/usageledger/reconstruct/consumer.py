@@ -156,7 +156,7 @@ def _fell_behind_retention(
     above the cursor. A rolled-back transaction's hole leaves both in place.
     """
     lowest = source.lowest_id(conn, table)
-    if lowest is None or lowest > cursor.position:
+    if lowest is not None and lowest > cursor.position:
         return True
     read = [i for i in (cursor.last_event_id, cursor.witness_id) if i is not None]
     return bool(read) and bool(source.missing_ids(conn, table, read))
