@@ -185,6 +185,37 @@ def test_b5_race_repair_waits_for_a_restart_in_flight_and_appends_nothing(
     assert [r["state"] for r in app_rows(engine)] == ["STOPPED", "WAS_RUNNING", "STARTED"]
 
 
+def test_b5_repair_takes_no_lock_on_a_running_resource(engine: Engine, backend: db.Backend) -> None:
+    """B5: the repair's locking read is only for baselines it is about to repair. A running
+    process with an open baseline, whose row a producer holds (a scale in flight), does not
+    make the repair batch wait (PostgreSQL ran the locking read before the snapshot's "it
+    runs" and so locked every running resource in the window)."""
+    _need_server(backend)
+    app = make_app(engine)
+    process = started_process(engine, app)
+    forget_history(engine)
+    backfill(engine)
+
+    with db.run_lock(engine, BACKFILL_LOCK, wait=False) as lock:
+        assert lock.connection is not None
+        session = db.connection_id(lock.connection)
+        steps = backfill_batches(engine, lock, kinds=("app",))
+        assert next(steps).inserted == 0  # the seed: the baseline is open
+        with engine.connect() as platform:
+            platform.begin()
+            producer.scale_process(platform, process, instances=3)  # holds the process row
+            repairs: list[int] = []
+            repair = threading.Thread(target=lambda: repairs.append(next(steps).inserted))
+            repair.start()
+            repair.join(10)
+            blocked = repair.is_alive() and db.is_waiting_for_lock(engine, session)
+            platform.commit()
+            repair.join(30)
+        assert not blocked
+        assert repairs == [0]
+        assert list(steps) == []
+
+
 def test_b5_repair_respects_an_ending_committed_between_batches(engine: Engine) -> None:
     """B5: the condition is evaluated by the repair's own INSERT, so a DELETED committed after
     the run started (between its batches) is respected and nothing is appended."""

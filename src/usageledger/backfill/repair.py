@@ -26,24 +26,29 @@ def stale_baseline(
     lifecycle = kind.lifecycle
     key = baseline.c[lifecycle.key_column]
     later = events.alias("later_event")
+    followed = any_row(
+        lifecycle,
+        later,
+        events,
+        key,
+        (*lifecycle.endings, lifecycle.baseline),
+        later.c.id > baseline.c.id,
+    )
     return sa.and_(
         # The window of ids drives the batch. Wrapped, the state cannot lead a planner to the
         # lifecycle index instead: its statistics were taken before this run's seed added the
         # baselines, and a scan of every baseline per window would make the repair quadratic.
         sa.func.coalesce(baseline.c.state, "") == lifecycle.baseline,
-        # Most baselines belong to running resources: this cheap read drops them first.
-        ~kind.runs_in_snapshot(key),
-        # No ending after it, and no later baseline (the ending follows the latest one).
-        ~any_row(
-            lifecycle,
-            later,
-            events,
-            key,
-            (*lifecycle.endings, lifecycle.baseline),
-            later.c.id > baseline.c.id,
+        # In this order, and a CASE so that no planner reorders them (PostgreSQL turned a NOT
+        # EXISTS into an anti-join that ran after the locking read): most baselines belong to
+        # running resources, which the cheap snapshot read drops; then those an ending or a
+        # later baseline follows (the ending follows the latest one); and only for the rest,
+        # the baselines that will be repaired, the read that takes a row lock.
+        sa.case(
+            (kind.runs_in_snapshot(key), sa.false()),
+            (followed, sa.false()),
+            else_=~kind.runs_once_locked(key),
         ),
-        # Last, as it takes a row lock: only for the baselines that will be repaired.
-        ~kind.runs_once_locked(key),
     )
 
 
