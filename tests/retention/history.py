@@ -39,10 +39,11 @@ FRESH = days_ago(1)
 
 @attrs.frozen
 class Event:
-    """One usage event as a test writes it: state, lifecycle key, time."""
+    """One usage event as a test writes it: state, lifecycle key, time. A key of None is a
+    NULL key: a legacy task row without task_guid (the other key columns are NOT NULL)."""
 
     state: str
-    key: str
+    key: str | None
     created_at: datetime
 
 
@@ -50,7 +51,7 @@ class Event:
 class StoredEvent:
     id: int
     state: str
-    key: str
+    key: str | None
     created_at: datetime
 
 

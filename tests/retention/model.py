@@ -1,7 +1,12 @@
 """A small pure-Python model of retention (SPEC R2, R3, R5–R7), written from the rule text.
 
 It answers which ids survive one cleanup, by brute force over the history, so the database's
-one-pass window query can be checked against it. No database code here.
+one-pass walk can be checked against it. No database code here.
+
+A NULL key (None) pairs with nothing, as in SQL (NULL never equals NULL) and in the consumer
+(a lifecycle row without its key is its `missing_key`): a NULL-key row is in no key's history,
+so a NULL-key opening is never prunable (R5) and a NULL-key ending closes nothing and is an
+old non-opening like any other (R7). The empty string is a key like any other.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from usageledger.lifecycles import Lifecycle, lifecycles_of, opening_states
 
 
 def _by_key(rows: Iterable[StoredEvent], lifecycle: Lifecycle) -> dict[str, list[StoredEvent]]:
+    """The lifecycle's rows per key, by id; rows with a NULL key belong to no key."""
     groups: dict[str, list[StoredEvent]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: r.id):
-        if row.state in lifecycle.states:
+        if row.state in lifecycle.states and row.key is not None:
             groups[row.key].append(row)
     return groups
 
@@ -89,10 +95,14 @@ def safety_violations(history: Sequence[StoredEvent], table: str, remaining: set
     """What a table after (part of) a cleanup must never show (SPEC I6, R7).
 
     Every resource still running per `history` keeps the first opening of its current run and
-    its latest opening; no opening remains whose ending is gone.
+    its latest opening; no opening remains whose ending is gone; no opening with a NULL key,
+    which nothing shows over, is gone.
     """
     problems: list[str] = []
     for lc in lifecycles_of(table):
+        for e in history:
+            if e.state in lc.openings and e.key is None and e.id not in remaining:
+                problems.append(f"{lc.kind}: opening {e.id} with a NULL key is gone")
         for key, events in _by_key(history, lc).items():
             run: list[StoredEvent] = []
             for e in events:

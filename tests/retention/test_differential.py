@@ -1,5 +1,6 @@
 """Differential property test: the database cleanup keeps exactly what the pure-Python model of
-R5–R7 keeps, on every backend, for random histories with created_at out of id order."""
+R5–R7 keeps, on every backend, for random histories with created_at out of id order and, for
+tasks, sometimes a NULL key (R9)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,18 @@ from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS, openi
 from usageledger.retention import BatchProgress, cleanup
 from usageledger.retention import run as retention_run
 
-APP_STATES = {
+APP_STATES: dict[str, tuple[str | None, ...]] = {
     "STARTED": ("p1", "p1", "p1", "p2"),
     "WAS_RUNNING": ("p1", "p1", "p2"),
     "STOPPED": ("p1", "p1", "p2"),
-    "TASK_STARTED": ("t1", "t2"),
-    "TASK_WAS_RUNNING": ("t1", "t2"),
-    "TASK_STOPPED": ("t1", "t2"),
+    # None: a legacy task row without task_guid (NULL pairs with nothing, R5, R9).
+    "TASK_STARTED": ("t1", "t2", None),
+    "TASK_WAS_RUNNING": ("t1", "t2", None),
+    "TASK_STOPPED": ("t1", "t2", None),
     "STAGING_STARTED": ("b1",),
     "BUILDPACK_SET": ("b1",),
 }
-SERVICE_STATES = {
+SERVICE_STATES: dict[str, tuple[str | None, ...]] = {
     "CREATED": ("s1", "s1", "s2"),
     "UPDATED": ("s1", "s1", "s2"),
     "WAS_RUNNING": ("s1", "s2"),

@@ -24,6 +24,7 @@ from tests.retention.history import (
 from tests.retention.model import kept_after_cleanup, safety_violations
 from usageledger.errors import BadInputError
 from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS
+from usageledger.reconstruct.billing import UsageEvent
 from usageledger.retention import (
     NO_LIFECYCLE,
     NON_OPENINGS,
@@ -41,7 +42,7 @@ APP = APP_USAGE_EVENTS
 SVC = SERVICE_USAGE_EVENTS
 
 
-def ev(state: str, key: str, when: object = OLD) -> Event:
+def ev(state: str, key: str | None, when: object = OLD) -> Event:
     assert not isinstance(when, str)
     return Event(state, key, when)  # type: ignore[arg-type]
 
@@ -209,6 +210,90 @@ def test_r9_baselines_of_different_tasks_are_all_kept(engine: Engine) -> None:
         APP,
         [ev("TASK_WAS_RUNNING", f"t{i}") for i in range(4)] + [ev("STARTED", "x", FRESH)],
         keep=[0, 1, 2, 3, 4],
+    )
+
+
+def test_r9_null_task_guid_ending_never_prunes_another_legacy_tasks_start(engine: Engine) -> None:
+    """R9, R5(a): legacy task rows may lack task_guid; a NULL key pairs with nothing (as in SQL
+    and the consumer), so one legacy task's TASK_STOPPED never prunes another's TASK_STARTED.
+    The orphan NULL-key ending itself is an old non-opening and goes (R7)."""
+    run(
+        engine,
+        APP,
+        [
+            ev("TASK_STARTED", None),
+            ev("TASK_STOPPED", None),
+            ev("TASK_WAS_RUNNING", None),
+            ev("TASK_STOPPED", None),
+            ev("STARTED", "x", FRESH),
+        ],
+        keep=[0, 2, 4],
+    )
+
+
+def test_r5_null_key_openings_are_never_superseded(engine: Engine) -> None:
+    """R5(b): NULL-key openings are not openings of one resource; none is a "middle" one."""
+    run(
+        engine,
+        APP,
+        [
+            ev("TASK_STARTED", None),
+            ev("TASK_STARTED", None),
+            ev("TASK_STARTED", None),
+            ev("TASK_STARTED", "t1"),
+            ev("TASK_STARTED", "t1"),
+            ev("TASK_STARTED", "t1"),
+            ev("STARTED", "x", FRESH),
+        ],
+        keep=[0, 1, 2, 3, 5, 6],
+    )
+
+
+def test_r7_null_key_ending_after_fresh_null_key_opening_is_an_orphan(engine: Engine) -> None:
+    """R7: an old ending is kept only for a fresh opening of its own run; a NULL-key ending has
+    no run, so it goes even after a fresh NULL-key opening (which stays: it is fresh)."""
+    result = run(
+        engine,
+        APP,
+        [ev("TASK_STARTED", None, FRESH), ev("TASK_STOPPED", None), ev("STARTED", "x", FRESH)],
+        keep=[0, 2],
+    )
+    assert result.kept_endings == 0
+
+
+def test_r3_without_keep_running_records_null_key_rows_go_too(engine: Engine) -> None:
+    """R3: without keep_running_records every old row goes, NULL-key openings included."""
+    run(
+        engine,
+        APP,
+        [ev("TASK_STARTED", None), ev("TASK_WAS_RUNNING", None), ev("STARTED", "x", FRESH)],
+        keep=[2],
+        keep_running_records=False,
+    )
+
+
+def test_r9_empty_key_is_a_key_as_the_consumer_reads_it(engine: Engine) -> None:
+    """R5, R9: the consumer reports only a NULL key as missing and pairs '' rows as one resource
+    (billing.key_of); retention pairs them too, so what it keeps and deletes stays consistent
+    with what the consumer will read (treating '' as missing would delete the endings of ''
+    runs and leave their openings looking running)."""
+    at = days_ago(40)
+    assert UsageEvent(table=APP, id=1, guid="g", created_at=at, state="TASK_STARTED").key is None
+    for state, column in (("TASK_STARTED", "task_guid"), ("STARTED", "app_guid")):
+        event = UsageEvent(table=APP, id=1, guid="g", created_at=at, state=state, **{column: ""})
+        assert event.key == ""
+    run(
+        engine,
+        APP,
+        [
+            ev("TASK_STARTED", ""),
+            ev("TASK_STOPPED", ""),
+            ev("STARTED", ""),
+            ev("STARTED", ""),
+            ev("STARTED", ""),
+            ev("STARTED", "x", FRESH),
+        ],
+        keep=[2, 4, 5],
     )
 
 

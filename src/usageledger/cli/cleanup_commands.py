@@ -140,7 +140,10 @@ def summary_table(results: tuple[retention.CleanupResult, ...]) -> Table:
     type=click.IntRange(min=0),
     default=retention.DEFAULT_CUTOFF_AGE_IN_DAYS,
     show_default=True,
-    help="Rows created longer ago than this are old.",
+    help=(
+        "Rows created longer ago than this are old. 0 makes every row old at once, rows still"
+        " being committed included: for tests and idle tables, not a live platform."
+    ),
 )
 @click.option(
     "--no-keep-running-records",

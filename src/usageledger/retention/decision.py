@@ -13,6 +13,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from itertools import compress, islice
 from typing import Any, TypeAlias
 
 import attrs
@@ -58,7 +59,8 @@ def lifecycle_rows_query(
 
 @attrs.define
 class _KeyState:
-    """What the walk remembers about one resource (lifecycle, key) so far."""
+    """What the walk remembers about one resource (lifecycle, key) so far. Openings are named
+    by their index in the walk's array of old openings of the lifecycle, not by id."""
 
     old_firsts: list[int] = attrs.Factory(list)
     """Old openings that were first in their run and are not pruned yet: only R5(a) prunes
@@ -70,9 +72,9 @@ class _KeyState:
     run_has_fresh_opening: bool = False
 
 
-_Role: TypeAlias = "tuple[bool, dict[str | None, _KeyState], list[int], array[int]]"
-"""What a state means to the walk: (is an opening, its lifecycle's keys, prunable ids,
-pass 2 ids)."""
+_Role: TypeAlias = "tuple[bool, dict[str, _KeyState], array[int], bytearray, array[int]]"
+"""What a state means to the walk: (is an opening, its lifecycle's keys, the lifecycle's old
+openings, their pruned marks, pass 2 ids)."""
 
 
 @attrs.define
@@ -86,20 +88,33 @@ class SupersededOpeningsWalk:
     An old ending is kept when a fresh opening precedes it in its run: pass 1 never prunes a
     fresh opening, and deleting that ending would make it look running (the invariant behind R7).
     Every other old row whose state opens no lifecycle, up to `upper_id`, is pass 2's (R7).
+
+    A NULL key pairs with nothing, as in SQL and in the consumer (a lifecycle row without its
+    key is its `missing_key`): a NULL-key opening is never prunable, a NULL-key ending closes
+    nothing and, when old, is pass 2's like any orphan ending (R5, R9). The empty string is a
+    key like any other, as it is to the consumer.
+
+    Memory: only ids, in arrays of 8 bytes each. Every old opening is appended to its
+    lifecycle's array as read (so ascending) with a pruned mark of one byte beside it;
+    `take_prunable_openings` squeezes the marked ones out in place. No sort, and no Python
+    int is kept per row.
     """
 
     lifecycles: Sequence[Lifecycle]
     upper_id: int
     """The highest id any pass may delete (R2); the walk may read further, as evidence."""
-    prunable: dict[str, list[int]] = attrs.field(init=False)
+    old_openings: dict[str, array[int]] = attrs.field(init=False)
+    """Every old opening read so far per lifecycle kind, ascending; `pruned` marks R5's."""
+    pruned: dict[str, bytearray] = attrs.field(init=False)
     non_openings: dict[str, array[int]] = attrs.field(init=False)
     """Pass 2's ids per lifecycle kind (its endings) and `other`, ascending as read."""
     kept_endings: set[int] = attrs.Factory(set)
     _role: dict[str, _Role] = attrs.field(init=False)
-    _keys: dict[str, dict[str | None, _KeyState]] = attrs.field(init=False)
+    _keys: dict[str, dict[str, _KeyState]] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.prunable = {lc.kind: [] for lc in self.lifecycles}
+        self.old_openings = {lc.kind: array("q") for lc in self.lifecycles}
+        self.pruned = {lc.kind: bytearray() for lc in self.lifecycles}
         self.non_openings = {lc.kind: array("q") for lc in self.lifecycles}
         self.non_openings[NO_LIFECYCLE] = array("q")
         # One dict of keys per lifecycle, so a row's slot is its key alone.
@@ -108,7 +123,8 @@ class SupersededOpeningsWalk:
             state: (
                 state in lc.openings,
                 self._keys[lc.kind],
-                self.prunable[lc.kind],
+                self.old_openings[lc.kind],
+                self.pruned[lc.kind],
                 self.non_openings[lc.kind],
             )
             for lc in self.lifecycles
@@ -127,24 +143,30 @@ class SupersededOpeningsWalk:
                 if old and row_id <= upper:
                     other.append(row_id)
                 continue
-            is_opening, keys, prunable, non_openings = role
-            current = keys.get(key)
+            is_opening, keys, openings, pruned, non_openings = role
+            current = keys.get(key)  # never a NULL key: none is ever stored
             if is_opening:
                 if current is None:
+                    if key is None:  # pairs with nothing: never ended nor superseded (R5)
+                        continue
                     current = keys[key] = _KeyState()
                 if not old:
                     current.run_has_fresh_opening = True
                     continue
+                index = len(openings)
+                openings.append(row_id)
+                pruned.append(0)
                 if current.waiting is not None:  # R5(b): this is the later old opening
-                    prunable.append(current.waiting)
+                    pruned[current.waiting] = 1
                     current.waiting = None
                 if current.run_has_old_opening:
-                    current.waiting = row_id
+                    current.waiting = index
                 else:
-                    current.old_firsts.append(row_id)
+                    current.old_firsts.append(index)
                     current.run_has_old_opening = True
             elif current is None:
-                # An ending with nothing before it changes nothing; when old it is pass 2's.
+                # An ending with nothing before it (or with a NULL key, which pairs with
+                # nothing) changes nothing; when old it is pass 2's.
                 if old and row_id <= upper:
                     non_openings.append(row_id)
             elif old:
@@ -153,9 +175,10 @@ class SupersededOpeningsWalk:
                     self.kept_endings.add(row_id)
                 elif row_id <= upper:
                     non_openings.append(row_id)
-                prunable.extend(current.old_firsts)
+                for index in current.old_firsts:
+                    pruned[index] = 1
                 if current.waiting is not None:
-                    prunable.append(current.waiting)
+                    pruned[current.waiting] = 1
                 del keys[key]
             else:
                 # A fresh ending is still a run boundary (R6), but proves nothing over.
@@ -164,6 +187,35 @@ class SupersededOpeningsWalk:
                 if not current.old_firsts and current.waiting is None:
                     del keys[key]
         return last
+
+    def take_prunable_openings(self) -> dict[str, array[int]]:
+        """Per lifecycle kind, the ids of the prunable openings up to `upper_id`, ascending:
+        each lifecycle's array of old openings, squeezed in place to the marked ones. Ends
+        the walk: its arrays become the result."""
+        prunable: dict[str, array[int]] = {}
+        for kind, ids in self.old_openings.items():
+            marks = self.pruned[kind]
+            _keep_marked(ids, marks)
+            marks.clear()
+            while ids and ids[-1] > self.upper_id:  # only the newest row can be above it
+                ids.pop()
+            prunable[kind] = ids
+        return prunable
+
+
+#: Ids moved at a time when squeezing an array in place.
+_SQUEEZE_STEP = 1 << 13
+
+
+def _keep_marked(ids: array[int], marks: bytearray) -> None:
+    """Keep, in place and in order, the ids whose mark is set: a block of at most
+    _SQUEEZE_STEP ids at a time is copied down, so no second array of every id is built."""
+    marked = compress(ids, marks)  # reads ahead of every position written below
+    written = 0
+    while block := array("q", islice(marked, _SQUEEZE_STEP)):
+        ids[written : written + len(block)] = block
+        written += len(block)
+    del ids[written:]
 
 
 def newest_old_id_query(table: sa.Table, *, cutoff: datetime) -> sa.Select[int | None]:

@@ -17,6 +17,7 @@ from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from itertools import chain
 
 import attrs
 import sqlalchemy as sa
@@ -203,7 +204,7 @@ def _delete_batch(
     exact (R8) without a COUNT query.
     """
     filled = {bucket: ids for bucket, ids in groups.items() if ids}
-    every_id = [row_id for ids in filled.values() for row_id in ids]
+    every_id = list(chain.from_iterable(filled.values()))
     if not every_id:
         return {}
     with conn.begin() as transaction:
@@ -269,10 +270,7 @@ def _plan(
         # ids up to upper_id are ever deleted. One ordered read of the id range (R11): it
         # decides pass 1 and collects pass 2 at once.
         _walk_id_range(conn, table, lifecycles, walk, cutoff, newest_old_id)
-    prunable: dict[str, array[int]] = {}
-    for kind, ids in walk.prunable.items():
-        ids.sort()
-        prunable[kind] = array("q", ids[: bisect.bisect_right(ids, upper_id)])
+    prunable = walk.take_prunable_openings()
     return CleanupPlan(
         table=table,
         cutoff=cutoff,
@@ -398,22 +396,75 @@ def _delete_planned(
     check_cleanup_options(0, batch_size)
     table = plan.table
     tally = _PassTally(table.name, pass_name, planned, on_batch, {bucket: 0 for bucket in buckets})
-    # All buckets together in id order, each id tagged with its bucket in the low bits: one
-    # sort of plain ints, no per-row merge machinery.
-    names = list(ids_by_bucket)
-    tag_bits = max(len(names), 1).bit_length()
-    mask = (1 << tag_bits) - 1
-    tagged: list[int] = []
-    for index, ids in enumerate(ids_by_bucket.values()):
-        tagged.extend([(row_id << tag_bits) | index for row_id in ids])
-    tagged.sort()
     with _run_connection(bind) as conn:
-        for start in range(0, len(tagged), batch_size):
-            groups: dict[str, list[int]] = {name: [] for name in names}
-            for value in tagged[start : start + batch_size]:
-                groups[names[value & mask]].append(value >> tag_bits)
+        for groups in _batches_in_id_order(ids_by_bucket, batch_size):
             tally.add_batch(_delete_batch(conn, table, groups))
     return tally.result()
+
+
+def _batches_in_id_order(
+    ids_by_bucket: Mapping[str, array[int]], batch_size: int
+) -> Iterator[dict[str, list[int]]]:
+    """The planned ids of every bucket together, in id order, cut into batches of at most
+    `batch_size`, without a list of every id: each bucket's ids are ascending, so a batch is
+    the next slice of every bucket's array, cut at the batch's highest id. Only one batch's
+    ids ever exist as Python ints.
+
+    The batch's highest id is the least value with `batch_size` ids at or below it, found by
+    bisecting on the value; the count below a value is one bisect per bucket (no merge of the
+    ids themselves).
+    """
+    names = list(ids_by_bucket)
+    arrays = [ids_by_bucket[name] for name in names]
+    starts = [0] * len(arrays)
+    while True:
+        # Each bucket's next batch_size ids: the batch is a prefix of each of these slices.
+        slices = [
+            (ids, start, min(start + batch_size, len(ids)))
+            for ids, start in zip(arrays, starts, strict=True)
+        ]
+        left = sum(end - start for _, start, end in slices)
+        if left == 0:
+            return
+        ends = [end for _, _, end in slices]
+        if left > batch_size:
+            ends = _cut_at(slices, batch_size)
+        yield {
+            name: ids[start:end].tolist()
+            for name, (ids, start, _), end in zip(names, slices, ends, strict=True)
+            if end > start
+        }
+        starts = ends
+
+
+def _cut_at(slices: Sequence[tuple[array[int], int, int]], batch_size: int) -> list[int]:
+    """Where each (ids, start, end) slice ends so that together they hold the `batch_size`
+    smallest ids: bisect on the value between `low` (no id at or below it) and `high` (at
+    least batch_size ids at or below it: the last id of a full slice, or the largest of all)."""
+    filled = [(ids, start, end) for ids, start, end in slices if end > start]
+    low = min(ids[start] for ids, start, _ in filled) - 1
+    high = min(
+        [ids[end - 1] for ids, start, end in filled if end - start == batch_size]
+        or [max(ids[end - 1] for ids, _, end in filled)]
+    )
+    while high - low > 1:
+        middle = (low + high) // 2
+        below = sum(
+            bisect.bisect_right(ids, middle, start, end) - start for ids, start, end in slices
+        )
+        if below >= batch_size:
+            high = middle
+        else:
+            low = middle
+    ends = [bisect.bisect_right(ids, high, start, end) for ids, start, end in slices]
+    # Ids are unique across buckets (a row is in one), so exactly batch_size are at or below
+    # `high`; should an id ever be planned twice, the batch still keeps to batch_size (R8).
+    extra = sum(ends) - sum(start for _, start, _ in slices) - batch_size
+    for index, (_, start, _) in enumerate(slices):
+        dropped = min(extra, ends[index] - start)
+        ends[index] -= dropped
+        extra -= dropped
+    return ends
 
 
 def _walk_old_rows(
