@@ -24,7 +24,7 @@ def current_run_on_record(
     """B2: an opening of `lifecycle` for `key` with no ending after it (by id).
 
     Written as "an opening above the last ending", so every lookup is an index seek on this one
-    key's rows (see lookups). The `+ 0` keeps PostgreSQL from answering MAX(id) by walking the
+    key's rows (see event_lookups). The `+ 0` keeps PostgreSQL from answering MAX(id) by walking the
     primary key backwards until a row of this key turns up (its min/max rewrite).
     """
     opening = events.alias("recorded_opening")
