@@ -120,20 +120,17 @@ def test_downgrade_to_unknown_revision_is_bad_input(empty_db_url: URL) -> None:
 def test_ledger_0002_keeps_existing_cursors_and_compares_keys_byte_for_byte(
     empty_db_url: URL,
 ) -> None:
-    """C10/C3, ledger migrations: a ledger at ledger_0001 with a cursor upgrades to head (the
-    cursor keeps its place, without a witness until its next batch; MariaDB's tables get
-    binary collation); downgrade to ledger_0001 and upgrade again round-trip."""
+    """C3, ledger migrations: a ledger at ledger_0001 with a cursor upgrades to head; the cursor
+    keeps its place, and on MariaDB the tables of a ledger made by an earlier release (the
+    server's case-insensitive default) get the binary, no-pad collation. Downgrade to
+    ledger_0001 and upgrade again round-trip."""
     ledger_tables = [t.name for t in LEDGER_TABLES]
     engine = db.make_engine(empty_db_url, create=True)
     try:
         ledger_migrations.upgrade(engine, "ledger_0001")
-        assert "last_witness_id" not in {
-            c["name"] for c in sa.inspect(engine).get_columns("ledger_cursors")
-        }
         mariadb = db.backend_of(engine) is db.Backend.MARIADB
         with engine.begin() as conn:
             for table in ledger_tables if mariadb else ():
-                # A ledger created by an earlier release: the server's case-insensitive default.
                 conn.exec_driver_sql(
                     f"ALTER TABLE {table} CONVERT TO CHARACTER SET utf8mb4"
                     " COLLATE utf8mb4_general_ci"
@@ -146,8 +143,8 @@ def test_ledger_0002_keeps_existing_cursors_and_compares_keys_byte_for_byte(
         ledger_migrations.upgrade(engine)
         assert ledger_migrations.current(engine).up_to_date
         with engine.connect() as conn:
-            row = conn.execute(sa.text("SELECT position, last_witness_id FROM ledger_cursors"))
-            assert [tuple(r) for r in row] == [(42, None)]
+            row = conn.execute(sa.text("SELECT position, last_event_id FROM ledger_cursors"))
+            assert [tuple(r) for r in row] == [(42, 41)]
             if mariadb:
                 collations = conn.execute(
                     sa.text(
@@ -155,14 +152,10 @@ def test_ledger_0002_keeps_existing_cursors_and_compares_keys_byte_for_byte(
                         " WHERE table_schema = DATABASE() AND table_name LIKE 'ledger%'"
                     )
                 ).scalars()
-                assert list(collations) == ["utf8mb4_bin"]
+                assert list(collations) == [db.MARIADB_BYTES_COLLATION]
         ledger_migrations.downgrade(engine, "ledger_0001")
-        assert "last_witness_id" not in {
-            c["name"] for c in sa.inspect(engine).get_columns("ledger_cursors")
-        }
+        assert ledger_migrations.current(engine).current == "ledger_0001"
         ledger_migrations.upgrade(engine)
-        assert "last_witness_id" in {
-            c["name"] for c in sa.inspect(engine).get_columns("ledger_cursors")
-        }
+        assert ledger_migrations.current(engine).up_to_date
     finally:
         engine.dispose()

@@ -528,12 +528,19 @@ def drop_database(url: str | URL) -> None:
 # --- online index builds (migrations) -----------------------------------------------------
 
 
+#: MariaDB's byte-for-byte collation that also keeps trailing spaces significant (utf8mb4_bin
+#: pads: 'p1' and 'p1 ' compare equal there), as PostgreSQL and SQLite compare.
+MARIADB_BYTES_COLLATION = "utf8mb4_nopad_bin"
+
+
 def use_binary_collation(bind: Connection, table: str) -> None:
-    """MariaDB: convert `table`'s text columns to utf8mb4_bin, so keys compare byte for byte
-    as on PostgreSQL and SQLite (a no-op on a table that has it already, and elsewhere)."""
+    """MariaDB: convert `table`'s text columns to MARIADB_BYTES_COLLATION, so keys compare byte
+    for byte as on PostgreSQL and SQLite (a no-op on a table that has it already, and
+    elsewhere)."""
     if backend_of(bind) is Backend.MARIADB:
         bind.exec_driver_sql(
-            f"ALTER TABLE `{table}` CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            f"ALTER TABLE `{table}` CONVERT TO CHARACTER SET utf8mb4"
+            f" COLLATE {MARIADB_BYTES_COLLATION}"
         )
 
 
@@ -1078,6 +1085,11 @@ def fetch_rows(conn: Connection, statement: sa.Executable) -> list[tuple[Any, ..
 #: Memory PostgreSQL may use per sort or hash in `reconstruct current-state` (its default,
 #: 4 MB, makes the aggregation over every process guid ever seen spill to disk).
 CURRENT_STATE_WORK_MEM_MB = 64
+
+
+def has_table(conn: Connection, name: str) -> bool:
+    """Whether the database has table `name` (in the connection's schema)."""
+    return sa.inspect(conn).has_table(name)
 
 
 def byte_comparison(bind: Engine | Connection) -> Callable[[Any], Any] | None:

@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
+from usageledger.db import MARIADB_BYTES_COLLATION
 from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS
 
 metadata = MetaData()
@@ -290,6 +291,19 @@ service_instances = Table(
     sqlite_autoincrement=True,
 )
 
+#: What the keep-running cleanup has planned to delete, per event table: the highest id of any
+#: run's plan, written before that run deletes anything and never lowered. Consumers compare it
+#: with their cursor to know that rows above the cursor may have been pruned (SPEC C10); a
+#: rolled-back transaction's id hole looks the same in the event table. Not a Cloud Foundry
+#: table: added by migration 0006.
+usage_event_retention = Table(
+    "usage_event_retention",
+    metadata,
+    Column("table_name", String(64), primary_key=True),
+    Column("pruned_through_id", BigInteger, nullable=False),
+    Column("cutoff", UTCDateTime(), nullable=False),  # the cutoff of the run that raised it
+)
+
 RESOURCE_TABLES: tuple[Table, ...] = (
     organizations,
     spaces,
@@ -317,8 +331,12 @@ LEDGER_KEY_LENGTH = 511
 
 #: Ledger keys compare byte for byte. MariaDB's default utf8mb4 collation ignores case and
 #: trailing spaces, so `P2` and `p2` would share one primary key there and one resource's state
-#: would overwrite the other's; binary collation gives the comparisons of PostgreSQL and SQLite.
-LEDGER_TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+#: would overwrite the other's; a binary collation without padding compares as PostgreSQL and
+#: SQLite do (db.MARIADB_BYTES_COLLATION).
+LEDGER_TABLE_OPTIONS: dict[str, Any] = {
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": MARIADB_BYTES_COLLATION,
+}
 
 
 def _consumer(*, primary_key: bool = False) -> Column[str]:
@@ -357,10 +375,6 @@ ledger_cursors = Table(
     Column("position", BigInteger, nullable=False),
     Column("last_event_id", BigInteger, nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
-    # The last applied event that retention would delete once it is old whatever it keeps (a
-    # row that opens no lifecycle). If it is gone, a cleanup's cutoff has passed this cursor
-    # and may have pruned events it has not read (C10). Added by ledger_0002.
-    Column("last_witness_id", BigInteger, nullable=True),
     **LEDGER_TABLE_OPTIONS,
 )
 

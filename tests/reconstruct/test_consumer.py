@@ -23,6 +23,7 @@ from usageledger.schema import (
     ledger_cursors,
     ledger_metadata,
     ledger_segments,
+    service_usage_events,
 )
 
 NO_GRACE = timedelta(0)
@@ -319,12 +320,13 @@ def test_c10_keep_running_cleanup_past_the_cursor_is_detected(
     assert {r.guid for r in led.open_resources()} == {"p0", "p4"}
 
 
-def test_c10_witness_detects_pruning_when_the_last_read_row_is_kept(
+def test_c10_cleanup_watermark_detects_pruning_when_the_last_read_row_is_kept(
     engine: Engine, ledger: Engine, clock: SimulatedClock
 ) -> None:
     """C10: the consumer's last row (p0's latest opening) is one retention keeps, and the table
-    still starts at p0's first opening; the witness (the task's ending, the last row read that
-    retention deletes when old) is gone, so the pruned STOPPED of p1 is found and p1 closed."""
+    still starts at p0's first opening; the cleanup's watermark (the highest id it planned to
+    delete, above the cursor) says rows above the cursor may be gone, so the pruned STOPPED of
+    p1 is found and p1 closed."""
     insert_app(
         engine,
         app_row("STARTED", app_guid="p0", minute=0, previous_state="STOPPED"),
@@ -465,3 +467,69 @@ def test_c3_keys_differing_only_in_case_are_two_resources(
     led = stored(ledger)
     assert [r.guid for r in led.open_resources()] == ["P2"]
     assert [(s.guid, s.end) for s in led.segments if s.end is not None] == [("p2", at(2))]
+
+
+def _keep_running_cleanup_of_services(engine: Engine, *, keep_running: bool = True) -> None:
+    retention.cleanup(
+        engine,
+        SERVICE_USAGE_EVENTS,
+        cutoff_age_in_days=31,
+        keep_running_records=keep_running,
+        clock=SimulatedClock(at(0) + timedelta(days=40)),
+    )
+
+
+@pytest.mark.parametrize("keep_running", [True, False])
+def test_c10_a_caught_up_consumer_passing_a_hole_after_a_cleanup_is_not_behind(
+    engine: Engine, ledger: Engine, clock: SimulatedClock, keep_running: bool
+) -> None:
+    """C10/C2: a consumer that read everything, then a cleanup (with or without keep-running
+    records) of rows it had read, then a rolled-back id: nothing above its cursor was planned
+    for deletion, so the hole is a permanent C2 hole, not C10, and s2 and s3 stay open."""
+    insert_service(
+        engine,
+        service_row("CREATED", instance="s1", minute=0),
+        service_row("DELETED", instance="s1", minute=1),
+        service_row("CREATED", instance="s2", minute=2),
+        service_row("CREATED", instance="s3", minute=3),
+    )
+    consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, tables=[SERVICE_USAGE_EVENTS])
+    _keep_running_cleanup_of_services(engine, keep_running=keep_running)
+    with engine.begin() as conn:  # id 5 was rolled back
+        conn.execute(
+            service_usage_events.insert().values(
+                id=6, **service_row("CREATED", instance="s4", minute=40 * 24 * 60)
+            )
+        )
+    result = consumer.consume(
+        engine, ledger, clock=clock, grace=NO_GRACE, tables=[SERVICE_USAGE_EVENTS]
+    )
+    assert result.fell_behind == () and result.events_applied == 1
+    assert {r.guid for r in stored(ledger).open_resources()} == {"s2", "s3", "s4"}
+
+
+def test_c10_service_deleted_and_pruned_unread_is_closed(
+    engine: Engine, ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C10 on the service table: the consumer read two CREATED rows; s1's DELETED came after,
+    and the cleanup pruned s1's run whole (R5a, R7) while s2's CREATED stays. The watermark is
+    above the cursor: fell behind, s1 closed (gap close), s2 open."""
+    insert_service(
+        engine,
+        service_row("CREATED", instance="s1", minute=0),
+        service_row("CREATED", instance="s2", minute=1),
+    )
+    consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, tables=[SERVICE_USAGE_EVENTS])
+    insert_service(
+        engine,
+        service_row("DELETED", instance="s1", minute=5),
+        service_row("CREATED", instance="s3", minute=6),
+    )
+    _keep_running_cleanup_of_services(engine)
+    result = consumer.consume(
+        engine, ledger, clock=clock, grace=NO_GRACE, tables=[SERVICE_USAGE_EVENTS]
+    )
+    assert [(g.first_id, g.last_id, g.gap_closed) for g in result.fell_behind] == [(3, 3, 1)]
+    led = stored(ledger)
+    assert [s.guid for s in led.segments if s.gap_close] == ["s1"]
+    assert {r.guid for r in led.open_resources()} == {"s2", "s3"}

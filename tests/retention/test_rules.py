@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 import sqlalchemy as sa
@@ -36,7 +37,8 @@ from usageledger.retention import (
     prune_non_openings,
     prune_superseded_openings,
 )
-from usageledger.schema import EVENT_TABLES
+from usageledger.retention import run as retention_run
+from usageledger.schema import EVENT_TABLES, usage_event_retention
 
 APP = APP_USAGE_EVENTS
 SVC = SERVICE_USAGE_EVENTS
@@ -523,3 +525,49 @@ def test_r8_counts_stay_exact_when_planned_rows_are_already_gone(engine: Engine)
     assert dict(second.deleted) == {"app": 1, "task": 1, NO_LIFECYCLE: 1}
     assert first.batches == 1 and second.batches == 1
     assert remaining_ids(engine, APP) == {stored[6].id}
+
+
+def _watermark(engine: Engine, table: str) -> int | None:
+    r = usage_event_retention.c
+    with engine.connect() as conn:
+        value = conn.execute(
+            sa.select(r.pruned_through_id).where(r.table_name == table)
+        ).scalar_one_or_none()
+    return int(value) if value is not None else None
+
+
+def test_r7_c10_watermark_is_raised_before_any_delete_and_never_lowered(engine: Engine) -> None:
+    """R7/C10: a run records the highest id it plans to delete (`usage_event_retention`)
+    before its first delete, so a run that dies before deleting still leaves it; a later run
+    that plans less never lowers it, and one that plans nothing writes nothing."""
+    stored = load(
+        engine,
+        APP,
+        [
+            ev("STARTED", "p1"),
+            ev("STOPPED", "p1"),
+            ev("STARTED", "p2"),
+            ev("STAGING_STARTED", None),
+            ev("STARTED", "p3", FRESH),
+        ],
+    )
+    assert _watermark(engine, APP) is None
+    with (
+        mock.patch.object(retention_run, "prune_superseded_openings", side_effect=RuntimeError),
+        pytest.raises(RuntimeError),
+    ):
+        cleanup(engine, APP, cutoff_age_in_days=CUTOFF_DAYS, clock=clock())
+    assert remaining_ids(engine, APP) == {s.id for s in stored}  # nothing deleted yet
+    assert _watermark(engine, APP) == stored[3].id  # the staging row, the highest planned
+    cleanup(engine, APP, cutoff_age_in_days=CUTOFF_DAYS, clock=clock())
+    assert remaining_ids(engine, APP) == {stored[2].id, stored[4].id}
+    assert _watermark(engine, APP) == stored[3].id
+    with engine.begin() as conn:  # as if an earlier run had planned further
+        conn.execute(
+            usage_event_retention.update()
+            .where(usage_event_retention.c.table_name == APP)
+            .values(pruned_through_id=stored[4].id + 100)
+        )
+    cleanup(engine, APP, cutoff_age_in_days=CUTOFF_DAYS, clock=clock())  # plans nothing
+    assert _watermark(engine, APP) == stored[4].id + 100
+    assert _watermark(engine, SVC) is None

@@ -18,10 +18,9 @@ from sqlalchemy.engine import Connection, Engine
 from usageledger import db
 from usageledger.clock import Clock
 from usageledger.errors import BadInputError, FellBehindRetentionError
-from usageledger.lifecycles import APP_USAGE_EVENTS, EVENT_TABLES, lifecycles_of, opening_states
+from usageledger.lifecycles import APP_USAGE_EVENTS, EVENT_TABLES, lifecycles_of
 from usageledger.reconstruct import ledger_store, source
 from usageledger.reconstruct.billing import (
-    ROW_FIELDS,
     STAGING,
     BillingStateMachine,
     Finding,
@@ -45,11 +44,6 @@ DEFAULT_BATCH_SIZE = 5000
 #: How many ids ahead the reader records gaps when it is blocked (C2), so that the holes of a
 #: pruned table start their grace period together instead of one batch at a time.
 GAP_LOOKAHEAD = 100_000
-
-#: Per table: the states retention may keep (openings), and where a row tuple holds its state.
-#: Any other applied row is a witness for C10 (see `_fell_behind_retention`).
-_OPENINGS = {table: opening_states(table) for table in EVENT_TABLES}
-_STATE_INDEX = {table: ROW_FIELDS[table].index("state") for table in EVENT_TABLES}
 
 
 @attrs.frozen
@@ -148,18 +142,20 @@ _NEW_RUN = frozenset({Role.START, Role.STAGING_START})
 def _fell_behind_retention(
     conn: Connection, table: str, cursor: ledger_store.ConsumerCursor
 ) -> bool:
-    """C10, asked when the cursor passes id gaps: were rows above it pruned?
+    """C10, asked when the cursor passes id gaps: may rows above it have been pruned?
 
-    Yes when the table now starts above the cursor, or when an event this consumer applied is
-    gone: the last one, or the last one that retention deletes once it is old whatever it
-    keeps (the witness). A cleanup whose cutoff passed the witness also passed the rows right
-    above the cursor. A rolled-back transaction's hole leaves both in place.
+    Yes when a cleanup has planned to delete ids above the cursor (its watermark, which the
+    keep-running cleanup writes before it deletes: `usage_event_retention`), or, for cleanups
+    that keep no watermark (Cloud Foundry's own), when the table now starts above the cursor.
+    A rolled-back transaction's hole is neither. (With the keep-running cleanup the table
+    seldom starts above a cursor: a long-running resource's first opening keeps its lowest id
+    low.)
     """
-    lowest = source.lowest_id(conn, table)
-    if lowest is not None and lowest > cursor.position:
+    pruned_through = source.pruned_through(conn, table)
+    if pruned_through is not None and pruned_through > cursor.position:
         return True
-    read = [i for i in (cursor.last_event_id, cursor.witness_id) if i is not None]
-    return bool(read) and bool(source.missing_ids(conn, table, read))
+    lowest = source.lowest_id(conn, table)
+    return lowest is not None and lowest > cursor.position
 
 
 def consume_batch(
@@ -220,17 +216,8 @@ def consume_batch(
             known=known,
         )
         last_event_id = applied[-1][0] if applied else cursor.last_event_id
-        openings, state_index = _OPENINGS[table], _STATE_INDEX[table]
-        witness = next(
-            (row[0] for row in reversed(applied) if row[state_index] not in openings),
-            cursor.witness_id,
-        )
         ledger_store.write_cursor(
-            lconn,
-            attrs.evolve(
-                cursor, position=plan.position, last_event_id=last_event_id, witness_id=witness
-            ),
-            now,
+            lconn, attrs.evolve(cursor, position=plan.position, last_event_id=last_event_id), now
         )
     if plan.blocked_by is not None:
         log.info(

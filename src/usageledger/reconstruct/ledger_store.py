@@ -49,14 +49,12 @@ GAP_RETENTION = "retention"
 @attrs.frozen
 class ConsumerCursor:
     """Where a consumer stands in one source table: every id <= `position` is applied or a
-    recorded hole; `last_event_id` is the last event actually applied; `witness_id` the last
-    applied event that retention deletes once it is old, whatever it keeps (C10)."""
+    recorded hole; `last_event_id` is the last event actually applied."""
 
     consumer: str
     table: str
     position: int
     last_event_id: int | None
-    witness_id: int | None = None
 
 
 def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -72,7 +70,6 @@ def _new_cursor_row(consumer: str, table: str, now: datetime) -> dict[str, Any]:
         "source_table": table,
         "position": 0,
         "last_event_id": None,
-        "last_witness_id": None,
         "updated_at": now,
     }
 
@@ -104,16 +101,14 @@ def lock_cursor(conn: Connection, consumer: str, table: str, now: datetime) -> C
     created at position 0 on first use (see `ensure_cursor` for two first uses at once)."""
     c = ledger_cursors.c
     row = conn.execute(
-        sa.select(c.position, c.last_event_id, c.last_witness_id)
+        sa.select(c.position, c.last_event_id)
         .where(c.consumer == consumer, c.source_table == table)
         .with_for_update()
     ).first()
     if row is None:
         conn.execute(ledger_cursors.insert().values(**_new_cursor_row(consumer, table, now)))
         return ConsumerCursor(consumer, table, 0, None)
-    return ConsumerCursor(
-        consumer, table, int(row.position), row.last_event_id, row.last_witness_id
-    )
+    return ConsumerCursor(consumer, table, int(row.position), row.last_event_id)
 
 
 def write_cursor(conn: Connection, cursor: ConsumerCursor, now: datetime) -> None:
@@ -121,27 +116,19 @@ def write_cursor(conn: Connection, cursor: ConsumerCursor, now: datetime) -> Non
     conn.execute(
         ledger_cursors.update()
         .where(c.consumer == cursor.consumer, c.source_table == cursor.table)
-        .values(
-            position=cursor.position,
-            last_event_id=cursor.last_event_id,
-            last_witness_id=cursor.witness_id,
-            updated_at=now,
-        )
+        .values(position=cursor.position, last_event_id=cursor.last_event_id, updated_at=now)
     )
 
 
 def read_cursors(conn: Connection, consumer: str) -> list[ConsumerCursor]:
     c = ledger_cursors.c
     rows = conn.execute(
-        sa.select(c.source_table, c.position, c.last_event_id, c.last_witness_id)
+        sa.select(c.source_table, c.position, c.last_event_id)
         .where(c.consumer == consumer)
         .order_by(c.source_table)
     ).all()
     return [
-        ConsumerCursor(
-            consumer, r.source_table, int(r.position), r.last_event_id, r.last_witness_id
-        )
-        for r in rows
+        ConsumerCursor(consumer, r.source_table, int(r.position), r.last_event_id) for r in rows
     ]
 
 

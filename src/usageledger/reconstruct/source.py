@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from usageledger import db
 from usageledger.lifecycles import APP_USAGE_EVENTS, Lifecycle
 from usageledger.reconstruct.billing import ROW_FIELDS, STAGING_STATES, UsageEvent, event_from_row
-from usageledger.schema import EVENT_TABLES, service_usage_events
+from usageledger.schema import EVENT_TABLES, service_usage_events, usage_event_retention
 
 #: Keys or ids per lookup statement (a bound parameter each; well under every backend's limit).
 _KEYS_PER_QUERY = 500
@@ -72,6 +72,19 @@ def ids_after(conn: Connection, table: str, after_id: int, limit: int) -> list[i
 def lowest_id(conn: Connection, table: str) -> int | None:
     source = EVENT_TABLES[table]
     value = conn.execute(sa.select(sa.func.min(source.c.id))).scalar()
+    return int(value) if value is not None else None
+
+
+def pruned_through(conn: Connection, table: str) -> int | None:
+    """The highest id any keep-running cleanup of `table` has planned to delete (C10), or None
+    where none ran or the platform database has no `usage_event_retention` table (a platform
+    whose cleanup keeps no watermark)."""
+    if not db.has_table(conn, usage_event_retention.name):
+        return None
+    r = usage_event_retention.c
+    value = conn.execute(
+        sa.select(r.pruned_through_id).where(r.table_name == table)
+    ).scalar_one_or_none()
     return int(value) if value is not None else None
 
 

@@ -36,7 +36,7 @@ from usageledger.retention.decision import (
     newest_old_id_query,
     old_rows_page_query,
 )
-from usageledger.schema import EVENT_TABLES
+from usageledger.schema import EVENT_TABLES, usage_event_retention
 
 log = logging.getLogger(__name__)
 
@@ -604,6 +604,45 @@ def cleanup_tables(
     return tuple(results)
 
 
+def _record_watermark(conn: Connection, plan: CleanupPlan, keep_running_records: bool) -> None:
+    """Raise the table's watermark (`usage_event_retention`) to the highest id this run plans
+    to delete, in a transaction of its own before any delete: a consumer whose cursor is below
+    it knows that rows it has not read may be gone (C10). Never lowered; nothing planned,
+    nothing written."""
+    if keep_running_records:
+        lasts = [
+            ids[-1]
+            for ids in (*plan.prunable_openings.values(), *plan.non_openings.values())
+            if ids
+        ]
+        through = max(lasts, default=None)
+    else:
+        through = plan.upper_id if plan.upper_id > 0 else None  # R3 deletes every old row
+    if through is None:
+        return
+    r = usage_event_retention.c
+    mine = r.table_name == plan.table.name
+    raise_it = (
+        usage_event_retention.update()
+        .where(mine, r.pruned_through_id < through)
+        .values(pruned_through_id=through, cutoff=plan.cutoff)
+    )
+    with conn.begin():
+        raised = conn.execute(raise_it).rowcount
+        if raised or conn.execute(sa.select(r.table_name).where(mine)).first() is not None:
+            return
+    try:
+        with conn.begin():
+            conn.execute(
+                usage_event_retention.insert().values(
+                    table_name=plan.table.name, pruned_through_id=through, cutoff=plan.cutoff
+                )
+            )
+    except sa.exc.IntegrityError:  # a concurrent cleanup inserted it first: raise that one
+        with conn.begin():
+            conn.execute(raise_it)
+
+
 def _cleanup_table(
     conn: Connection,
     table: sa.Table,
@@ -620,6 +659,7 @@ def _cleanup_table(
         # R3 needs no decision: only the id bounds.
         decided = lifecycles if keep_running_records else ()
         plan = _plan(conn, table, decided, cutoff, keep_at_least_one_record)
+    _record_watermark(conn, plan, keep_running_records)
     passes: tuple[PassResult, ...]
     if keep_running_records:
         passes = (
