@@ -456,16 +456,18 @@ def test_c3_keys_differing_only_in_case_are_two_resources(
     engine: Engine, ledger: Engine, clock: SimulatedClock
 ) -> None:
     """C3: the ledger compares keys byte for byte on every backend (MariaDB's default
-    collation would make `P2` and `p2` one primary key, and the consumer fail for good)."""
+    collation would make `P2` and `p2` one primary key, and utf8mb4_bin `P2` and `P2 `, and
+    the consumer fail for good)."""
     insert_app(
         engine,
         app_row("STARTED", app_guid="P2", minute=0, previous_state="STOPPED"),
         app_row("STARTED", app_guid="p2", minute=1, previous_state="STOPPED"),
         app_row("STOPPED", app_guid="p2", minute=2),
+        app_row("STARTED", app_guid="P2 ", minute=3, previous_state="STOPPED"),
     )
     consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS])
     led = stored(ledger)
-    assert [r.guid for r in led.open_resources()] == ["P2"]
+    assert sorted(r.guid for r in led.open_resources()) == ["P2", "P2 "]
     assert [(s.guid, s.end) for s in led.segments if s.end is not None] == [("p2", at(2))]
 
 
