@@ -107,38 +107,36 @@ def next_lifecycle_rows(
 ) -> dict[str, tuple[str, str | None]]:
     """For each of `keys`, the (state, previous_state) of its first opening or ending above
     `after_id`, if any (C10: what the kept rows say about a run whose opening was pruned).
-    `lifecycle` None means staging keys (`parent_app_guid/package_guid`)."""
+    `lifecycle` None means staging keys (`parent_app_guid/package_guid`).
+
+    The rows come back in id order and are matched here, byte for byte as the fold matches
+    them (MariaDB's collation would also match `P2` for `p2`, or `stopped` for `STOPPED`). A
+    rare path (only runs whose opening is gone), so the few rows per key are read whole."""
     source = EVENT_TABLES[table]
     previous = source.c.previous_state if "previous_state" in source.c else sa.null()
+    states = lifecycle.states if lifecycle is not None else tuple(sorted(STAGING_STATES))
     found: dict[str, tuple[str, str | None]] = {}
     for start in range(0, len(keys), _KEYS_PER_QUERY):
         chunk = list(keys[start : start + _KEYS_PER_QUERY])
         if lifecycle is not None:
             key_columns = [source.c[lifecycle.key_column]]
-            where = [source.c.state.in_(lifecycle.states), key_columns[0].in_(chunk)]
+            by_key = key_columns[0].in_(chunk)
         else:
-            pairs = [k.split("/", 1) for k in chunk if "/" in k]
-            if not pairs:
+            parents = sorted({k.split("/", 1)[0] for k in chunk if "/" in k})
+            if not parents:
                 continue
             key_columns = [source.c.parent_app_guid, source.c.package_guid]
-            where = [
-                source.c.state.in_(sorted(STAGING_STATES)),
-                source.c.parent_app_guid.in_(sorted({p[0] for p in pairs})),
-            ]
-        first = (
-            sa.select(*key_columns, sa.func.min(source.c.id).label("first_id"))
-            .where(*where, source.c.id > after_id)
-            .group_by(*key_columns)
-            .subquery()
+            by_key = source.c.parent_app_guid.in_(parents)
+        statement = (
+            sa.select(*key_columns, source.c.state, previous)
+            .where(source.c.state.in_(states), by_key, source.c.id > after_id)
+            .order_by(source.c.id)
         )
-        statement = sa.select(
-            *(first.c[c.name] for c in key_columns), source.c.state, previous
-        ).join_from(first, source, source.c.id == first.c.first_id)
         wanted = set(chunk)
-        for row in conn.execute(statement).all():
-            key = "/".join(str(part) for part in row[:-2])
-            if key in wanted:
-                found[key] = (row[-2], row[-1])
+        for *parts, state, previous_state in conn.execute(statement).all():
+            key = "/".join(str(part) for part in parts)
+            if key in wanted and key not in found and state in states:
+                found[key] = (state, previous_state)
     return found
 
 
