@@ -291,9 +291,9 @@ def test_c10_keep_running_cleanup_past_the_cursor_is_detected(
 ) -> None:
     """C10 with the keep-running cleanup: a long-running process keeps the table's lowest id
     far below the cursor, so "the table starts above the cursor" never holds; the consumer
-    still finds it fell behind (the last row it read is gone), closes p1 and p2 whose endings
-    were pruned unread, keeps p0 (its kept opening) and exits 4. Before, the pruned range
-    passed as a rolled-back hole and p1 and p2 stayed open for ever."""
+    still finds it fell behind (the cleanup's watermark is above its cursor), closes p1 and p2
+    whose endings were pruned unread, keeps p0 (its kept opening) and exits 4. Before, the
+    pruned range passed as a rolled-back hole and p1 and p2 stayed open for ever."""
     insert_app(
         engine,
         app_row("STARTED", app_guid="p0", minute=0, previous_state="STOPPED"),
@@ -392,9 +392,9 @@ def test_c10_a_rolled_back_hole_after_an_old_style_cleanup_is_not_falling_behind
     engine: Engine, ledger: Engine, clock: SimulatedClock
 ) -> None:
     """C10/C2: a caught-up consumer whose read rows an old delete-everything cleanup removed
-    (p1's opening) then passes a rolled-back hole: nothing above its cursor was pruned (its
-    witness, the task's ending, is still there), so no C10, and p1, still running, stays
-    open."""
+    (p1's opening) then passes a rolled-back hole: nothing above its cursor was pruned (no
+    watermark, and the table does not start above the cursor), so no C10, and p1, still
+    running, stays open."""
     insert_app(
         engine,
         app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"),
