@@ -77,15 +77,26 @@ def resolve_url(url: str | None) -> str:
 
 
 def parse_url(url: str | URL) -> URL:
-    """Parse and normalise a database URL, or raise a one-line BadInputError."""
+    """Parse and normalise a database URL, or raise a one-line BadInputError.
+
+    A URL that does not parse is never echoed back: where its password starts and ends is
+    exactly what is unclear then.
+    """
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
+        parsed.port  # noqa: B018 -- a non-numeric port only fails when read
+    except (ArgumentError, ValueError):
         raise BadInputError(
-            f"cannot parse database URL {mask_url_text(str(url))!r}; expected for example "
+            f"cannot parse the database URL{_scheme_hint(str(url))}; expected for example "
             "sqlite:///usageledger.db, postgresql+psycopg://user@host/db or "
-            "mariadb+pymysql://user@host/db"
+            "mariadb+pymysql://user@host/db (a password containing @, : or / must be "
+            "percent-encoded)"
         ) from None
+    if parsed.host is not None and "@" in parsed.host:
+        raise BadInputError(
+            f"cannot parse the database URL{_scheme_hint(str(url))}: its host contains '@'; "
+            "a password containing @ must be percent-encoded as %40"
+        )
     driver = _DRIVERS.get(parsed.drivername)
     if driver is None:
         raise BadInputError(
@@ -98,6 +109,11 @@ def parse_url(url: str | URL) -> URL:
     return parsed
 
 
+def _scheme_hint(text: str) -> str:
+    scheme = text.split("://", 1)[0] if "://" in text else ""
+    return f" (scheme {scheme!r})" if re.fullmatch(r"[A-Za-z0-9+.-]+", scheme) else ""
+
+
 def display_url(url: str | URL) -> str:
     """The URL as it may be shown to a person: the password is masked."""
     try:
@@ -107,7 +123,9 @@ def display_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+]+://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)")
+#: `scheme://user:secret@`: the secret runs to the last `@` of the URL (an unencoded `@` in a
+#: password must not leave its tail in view).
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+]+://[^:/@\s]*:)(?P<secret>\S*)(?P<tail>@)")
 
 
 def mask_url_text(text: str) -> str:
@@ -189,9 +207,29 @@ def check_connection(engine: Engine) -> None:
         raise DatabaseUnavailableError(
             f"cannot connect to {display_url(engine.url)}: {one_line(exc)}"
         ) from None
+    except (TypeError, ValueError, AttributeError, LookupError) as exc:
+        # The driver refused the URL's query options (PyMySQL: an unknown keyword argument
+        # or charset) before any connection was made.
+        raise BadInputError(
+            f"cannot connect to {display_url(engine.url)}: the driver refused the URL's "
+            f"options ({mask_url_text(str(exc))}); remove or correct them"
+        ) from None
 
 
 READ_ONLY_OPTION = "usageledger_read_only"
+
+
+#: The migration version tables of the platform schema and of the consumer's ledger.
+PLATFORM_VERSION_TABLE = "alembic_version"
+LEDGER_VERSION_TABLE = "usageledger_ledger_version"
+
+
+def _holds_usageledger_schema(cursor: Any) -> bool:
+    found = cursor.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)",
+        (PLATFORM_VERSION_TABLE, LEDGER_VERSION_TABLE),
+    ).fetchone()
+    return bool(found[0])
 
 
 def _configure_sqlite(engine: Engine, *, create: bool) -> None:
@@ -208,9 +246,9 @@ def _configure_sqlite(engine: Engine, *, create: bool) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            # Switching to WAL writes the file's header: not on an empty file that this engine
-            # was not asked to create, which a command then refuses without writing (§9).
-            if create or cursor.execute("PRAGMA page_count").fetchone()[0] > 0:
+            # Switching to WAL writes the file's header: only on a file this engine creates or
+            # one that holds our schema, never on a file a command then refuses (§9).
+            if create or _holds_usageledger_schema(cursor):
                 cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")

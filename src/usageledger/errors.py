@@ -23,6 +23,11 @@ class SchemaMissingError(BadInputError):
     """The database answers but does not hold usageledger's schema."""
 
 
+class SourceResetError(BadInputError):
+    """A consumer's cursor is above every id of its source table: the table was recreated or
+    its ids restarted, so the ledger belongs to another history (C1)."""
+
+
 class LockHeldError(UsageLedgerError):
     """Another run holds the run lock (exit 3)."""
 

@@ -3,12 +3,15 @@ passwords (SPEC §9)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from usageledger import db, migrations
@@ -51,13 +54,32 @@ def test_db_upgrade_current_downgrade_json(
         "revision": None,
         "head": migrations.head_revision(),
         "up_to_date": False,
+        "known_revision": True,
     }
 
 
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["db", "current", "--db", "nonsense"], "cannot parse database URL"),
+        (["db", "current", "--db", "nonsense"], "cannot parse the database URL"),
+        (
+            ["db", "current", "--db", "postgresql+psycopg://u:hunter2@127.0.0.1:port/db"],
+            "cannot parse the database URL",
+        ),
+        (["db", "current", "--db", "u:hunter2@127.0.0.1/db"], "cannot parse the database URL"),
+        (
+            ["db", "current", "--db", "postgresql+psycopg//u:hunter2@127.0.0.1/db"],
+            "cannot parse the database URL",
+        ),
+        (
+            # An unencoded @ in the password: its tail would become the host.
+            ["db", "current", "--db", "postgresql+psycopg://u:x@hunter2@127.0.0.1:9/db"],
+            "percent-encoded as %40",
+        ),
+        (
+            ["db", "current", "--db", "mariadb+pymysql://root:hunter2@127.0.0.1:3306/x?foo=1"],
+            "the driver refused the URL's options",
+        ),
         (["db", "current", "--db", "foo://x/y"], "unsupported database URL scheme"),
         (
             ["db", "current", "--db", "postgresql+psycopg://postgres:hunter2@127.0.0.1:9/x"],
@@ -146,3 +168,71 @@ def test_empty_sqlite_file_is_refused_and_left_empty(
     assert (code, out) == (2, "")
     assert err.startswith("error: ") and "usageledger db upgrade" in err and err.count("\n") == 1
     assert path.stat().st_size == 0
+
+
+def test_s9_non_empty_sqlite_file_without_the_schema_is_left_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """§9 nothing written: a SQLite file holding someone else's tables is refused (exit 2)
+    without switching it to WAL (which would rewrite its header); `db current` reads it."""
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    conn.close()
+    before = hashlib.sha1(path.read_bytes()).hexdigest()
+    for command in (["cleanup"], ["reconstruct", "current-state"], ["backfill"]):
+        code, out, err = _run(capsys, *command, "--db", f"sqlite:///{path}")
+        assert (code, out) == (2, ""), err
+        assert err.startswith("error: ")
+    # `db current` only reports that the schema is missing; it reads, and writes nothing either.
+    assert _run(capsys, "db", "current", "--db", f"sqlite:///{path}")[0] == 0
+    assert hashlib.sha1(path.read_bytes()).hexdigest() == before
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+
+
+def test_s9_upgrade_refuses_a_database_that_already_has_our_table_names(
+    empty_db_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """§9: `db upgrade` on a database that already holds a table usageledger would create, with
+    no usageledger revision (Cloud Controller's own database, or a first upgrade that failed
+    half-way on MariaDB, whose DDL is not transactional) is bad input: exit 2, one line naming
+    the table, and nothing created."""
+    engine = db.make_engine(empty_db_url, create=True)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE service_usage_events (id INTEGER PRIMARY KEY)"))
+        code, out, err = _run(capsys, "db", "upgrade", "--db", _url(empty_db_url))
+        assert (code, out) == (2, ""), err
+        assert err.startswith("error: ") and err.count("\n") == 1
+        assert "service_usage_events" in err and "empty database" in err
+        assert set(sa.inspect(engine).get_table_names()) == {"service_usage_events"}
+    finally:
+        engine.dispose()
+
+
+def test_s9_a_revision_from_a_newer_release_is_named_as_such(
+    db_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """§9: a database migrated by a newer usageledger (a revision this release does not ship)
+    is refused with a remedy that works (use that release), not `run db upgrade`, which would
+    then fail; `db current` says the same. Nothing is written."""
+    engine = db.make_engine(db_url)
+    head = migrations.head_revision()
+    version = sa.table("alembic_version", sa.column("version_num"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(version.update().values(version_num="9999_from_the_future"))
+        for command in (["cleanup"], ["db", "upgrade"]):
+            code, out, err = _run(capsys, *command, "--db", _url(db_url))
+            assert (code, out) == (2, ""), err
+            assert "newer usageledger" in err and "db upgrade`" not in err
+        code, out, _ = _run(capsys, "db", "current", "--db", _url(db_url), "--json")
+        assert code == 0 and json.loads(out)["known_revision"] is False
+        assert migrations.current(engine).current == "9999_from_the_future"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(version.update().values(version_num=head))
+        engine.dispose()

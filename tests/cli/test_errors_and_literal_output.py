@@ -52,6 +52,15 @@ BAD_OPTION_VALUES = [
     (["backfill", "--batch-size", "x"], "--batch-size", "usageledger backfill"),
     (["consume", "--batch-size", "0"], "--batch-size", "usageledger consume"),
     (["consume", "--grace-seconds", "-1"], "--grace-seconds", "usageledger consume"),
+    (["consume", "--grace-seconds", "nan"], "--grace-seconds", "usageledger consume"),
+    (["consume", "--grace-seconds", "inf"], "--grace-seconds", "usageledger consume"),
+    (["consume", "--batch-size", "1000000"], "--batch-size", "usageledger consume"),
+    (
+        ["cleanup", "--cutoff-age-in-days", "1000000"],
+        "--cutoff-age-in-days",
+        "usageledger cleanup",
+    ),
+    (["cleanup", "--batch-size", "40000"], "--batch-size", "usageledger cleanup"),
     (["consume", "--consumer", ""], "--consumer", "usageledger consume"),
     (
         ["reconstruct", "current-state", "--kind", "foo"],

@@ -204,6 +204,11 @@ def test_cs3_verify_exits_1_on_drift_and_lists_it(
         ("t1", "open_run_not_running"),
         ("s1", "open_run_not_running"),
     }
+    # B5: only a run a baseline opened (p2's WAS_RUNNING) is the repair's; a real start's
+    # missing ending is not, and the remedy must not send the operator to backfill for ever.
+    remedies = {d["guid"]: d["remedy"] for d in doc["drift"]}
+    assert "usageledger backfill" in remedies["p2"]
+    assert all("ending is missing" in remedies[g] for g in ("p1", "t1", "s1"))
     code, out, _ = invoke(capsys, "reconstruct", "current-state", "--db", _url(db_url))
     assert code == 0 and "totals: app 2, task 1, service 1" in out
 

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from tests.reconstruct.histories import app_row, at, insert_app, insert_service, service_row
 from usageledger import db, retention
 from usageledger.clock import SimulatedClock
-from usageledger.errors import FellBehindRetentionError
+from usageledger.errors import FellBehindRetentionError, SourceResetError
 from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS
 from usageledger.reconstruct import consumer, ledger_store
 from usageledger.reconstruct.billing import Ledger, fold
@@ -535,3 +535,78 @@ def test_c10_service_deleted_and_pruned_unread_is_closed(
     led = stored(ledger)
     assert [s.guid for s in led.segments if s.gap_close] == ["s1"]
     assert {r.guid for r in led.open_resources()} == {"s2", "s3"}
+
+
+def test_c1_a_source_table_whose_ids_restarted_is_refused(
+    engine: Engine, separate_ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C1: after the platform's event table is recreated (ids start at 1 again), a consumer
+    whose cursor stands above every id refuses with a one-line error and writes nothing.
+    Before, it read on from its old cursor and skipped every new event below it, silently."""
+    _history(engine)
+    consumer.consume(engine, separate_ledger, clock=clock, grace=NO_GRACE)
+    assert cursor_of(separate_ledger, APP_USAGE_EVENTS) == 6
+    db.truncate_tables(engine, [app_usage_events])  # a schema reset: ids restart
+    insert_app(engine, app_row("STARTED", app_guid="new", minute=20, previous_state="STOPPED"))
+    before = stored(separate_ledger)
+    with pytest.raises(SourceResetError) as raised:
+        consumer.consume(engine, separate_ledger, clock=clock, grace=NO_GRACE)
+    assert raised.value.exit_code == 2
+    assert "highest id is now 1" in str(raised.value) and "\n" not in str(raised.value)
+    assert stored(separate_ledger) == before
+    assert cursor_of(separate_ledger, APP_USAGE_EVENTS) == 6
+
+
+def test_c1_a_cleanup_that_took_the_newest_row_is_no_reset(
+    engine: Engine, ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C1/R2: a cleanup told not to keep the newest row can leave the table's highest id below
+    a caught-up cursor (created_at out of id order); its watermark says so, and the consumer
+    goes on instead of reporting a reset."""
+    insert_app(
+        engine,
+        app_row("STARTED", app_guid="p1", minute=5000, previous_state="STOPPED"),
+        app_row("STARTED", app_guid="p2", minute=0, previous_state="STOPPED"),
+    )
+    consumer.consume(engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS])
+    retention.cleanup(
+        engine,
+        APP_USAGE_EVENTS,
+        cutoff_age_in_days=3,
+        keep_at_least_one_record=False,
+        keep_running_records=False,
+        clock=SimulatedClock(at(5000) + timedelta(days=2)),
+    )
+    assert _ids(engine) == [1]
+    result = consumer.consume(
+        engine, ledger, clock=clock, grace=NO_GRACE, tables=[APP_USAGE_EVENTS]
+    )
+    assert result.events_applied == 0 and result.positions == {APP_USAGE_EVENTS: 2}
+
+
+def test_c2_holes_below_the_cleanup_watermark_need_no_grace_period(
+    engine: Engine, ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C2/C10: a new consumer on a table a keep-running cleanup pruned passes the pruned holes
+    at once (no transaction still holds an id below rows older than the cutoff), while a hole
+    above the watermark still waits for its grace period."""
+    insert_app(
+        engine,
+        app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"),
+        app_row("STOPPED", app_guid="p1", minute=1),
+        app_row("STARTED", app_guid="p2", minute=2, previous_state="STOPPED"),
+    )
+    _keep_running_cleanup(engine)
+    assert _ids(engine) == [3]
+    insert_app(engine, app_row("STARTED", app_guid="p3", minute=60 * 24 * 40))
+    with engine.begin() as conn:  # a rolled-back insert's hole above the watermark
+        conn.execute(app_usage_events.delete().where(app_usage_events.c.id == 4))
+    insert_app(engine, app_row("STARTED", app_guid="p4", minute=60 * 24 * 40))
+    result = consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
+    assert result.fell_behind == ()
+    assert cursor_of(ledger, APP_USAGE_EVENTS) == 3  # past 1..2 at once, waiting at 4
+    assert result.waiting_at[APP_USAGE_EVENTS] == consumer.IdRange(4, 4)
+    clock.advance(GRACE)
+    consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
+    assert cursor_of(ledger, APP_USAGE_EVENTS) == 5
+    assert {r.guid for r in stored(ledger).open_resources()} == {"p2", "p4"}

@@ -137,7 +137,7 @@ def summary_table(results: tuple[retention.CleanupResult, ...]) -> Table:
 )
 @click.option(
     "--cutoff-age-in-days",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=retention.MAX_CUTOFF_AGE_IN_DAYS),
     default=retention.DEFAULT_CUTOFF_AGE_IN_DAYS,
     show_default=True,
     help=(
@@ -152,7 +152,7 @@ def summary_table(results: tuple[retention.CleanupResult, ...]) -> Table:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=retention.MAX_BATCH_SIZE),
     default=retention.DEFAULT_BATCH_SIZE,
     show_default=True,
     help="Rows per delete; each batch is its own short transaction.",

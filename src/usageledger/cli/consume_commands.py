@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from usageledger.cli.root import (
     stdout,
 )
 from usageledger.clock import DEFAULT_CLOCK
-from usageledger.errors import FellBehindRetentionError
+from usageledger.errors import FellBehindRetentionError, SchemaMissingError
 from usageledger.migrations import ledger as ledger_migrations
 from usageledger.reconstruct import consumer as reference
 from usageledger.reconstruct import ledger_store
@@ -133,6 +134,19 @@ def _show(ledger: Engine, consumer: str, guid: str, as_json: bool) -> int:
     return 0
 
 
+def _existing_ledger(ledger_db: str) -> Engine:
+    """The `--ledger-db` of `--show`, which reads: a missing SQLite file is not created."""
+    url = db.parse_url(ledger_db)
+    if db.backend_of(url) is db.Backend.SQLITE:
+        path = db.sqlite_path(url)
+        if path is not None and not path.exists():
+            raise SchemaMissingError(
+                f"no consumer ledger at {str(path)!r}; run `usageledger consume --ledger-db "
+                "URL` once to create it"
+            )
+    return db.make_engine(ledger_db)
+
+
 def _ledger_engine(source: Engine, ledger_db: str | None) -> Engine:
     """The ledger database (default: the platform's), its tables created on first use."""
     if ledger_db is None:
@@ -172,6 +186,13 @@ def _summary(results: list[reference.ConsumeResult], interrupted: bool) -> dict[
     }
 
 
+def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    """Reject nan (which passes click's range check: every comparison with it is false)."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 @click.command("consume")
 @click.option(
     "--ledger-db",
@@ -189,16 +210,18 @@ def _summary(results: list[reference.ConsumeResult], interrupted: bool) -> dict[
 @click.option("--follow", is_flag=True, help="Keep polling for new events until interrupted.")
 @click.option(
     "--grace-seconds",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=reference.MAX_GRACE.total_seconds()),
+    callback=_finite,
     default=reference.DEFAULT_GRACE.total_seconds(),
     show_default=True,
     help="How long an id gap must stay open before the cursor moves past it (C2).",
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=reference.MAX_BATCH_SIZE),
     default=reference.DEFAULT_BATCH_SIZE,
     show_default=True,
+    help="Events per batch; each batch is one ledger transaction (C1).",
 )
 @click.option(
     "--poll-seconds",
@@ -237,7 +260,7 @@ def consume_command(
         ledger = (
             open_engine(db_url, need_schema=False)
             if ledger_db is None
-            else db.make_engine(ledger_db)
+            else _existing_ledger(ledger_db)
         )
         db.check_connection(ledger)
         ledger_migrations.require_ledger_schema(ledger)

@@ -44,9 +44,11 @@ def upgrade(
             }
         )
     else:
-        stdout().print(
-            f"{db.display_url(engine.url)}: upgraded {before or 'empty'} → {status.current}"
-        )
+        where = db.display_url(engine.url)
+        if before == status.current:
+            stdout().print(f"{where}: already at {status.current}, nothing to do")
+        else:
+            stdout().print(f"{where}: upgraded {before or 'empty'} → {status.current}")
 
 
 @db_group.command("current")
@@ -66,10 +68,16 @@ def current(db_url: str | None, as_json: bool) -> int:
                 "revision": status.current,
                 "head": status.head,
                 "up_to_date": status.up_to_date,
+                "known_revision": status.known,
             }
         )
     else:
-        state = "up to date" if status.up_to_date else f"behind head {status.head}"
+        if status.up_to_date:
+            state = "up to date"
+        elif not status.known:
+            state = f"unknown to this release, whose head is {status.head}: a newer usageledger"
+        else:
+            state = f"behind head {status.head}"
         stdout().print(f"{db.display_url(engine.url)}: {status.current or 'no schema'} ({state})")
     return 0
 
@@ -79,7 +87,8 @@ def current(db_url: str | None, as_json: bool) -> int:
 @db_option
 @json_option
 def downgrade(revision: str, db_url: str | None, as_json: bool) -> None:
-    """Undo migrations down to REVISION (`base` removes every table)."""
+    """Undo migrations down to REVISION (`base` removes the platform tables; a consumer's
+    ledger tables in the same database stay)."""
     engine = open_engine(db_url, need_schema=False)
     try:
         before = migrations.current(engine).current

@@ -168,6 +168,14 @@ def run(group: click.Group, argv: Sequence[str]) -> int:
     except SQLAlchemyError as exc:
         err.print(f"error: database error: {db.one_line(exc)}", markup=False)
         return 1
+    except Exception as exc:  # a defect: still one line, the traceback only with -vv
+        log.debug("unexpected error", exc_info=True)
+        err.print(
+            f"error: unexpected {type(exc).__name__}: {db.one_line(exc)}; rerun with -vv for "
+            "the traceback and report it",
+            markup=False,
+        )
+        return 1
     return int(result) if isinstance(result, int) else 0
 
 

@@ -18,11 +18,11 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Engine
 
-from usageledger.db import display_url
+from usageledger.db import PLATFORM_VERSION_TABLE, display_url
 from usageledger.errors import BadInputError, SchemaMissingError
-from usageledger.schema import EVENT_TABLES
+from usageledger.schema import EVENT_TABLES, metadata
 
-VERSION_TABLE = "alembic_version"
+VERSION_TABLE = PLATFORM_VERSION_TABLE
 
 #: Set to 1 to apply the seed migrations without seeding (SPEC B9); `usageledger backfill` later.
 ENV_SKIP_WAS_RUNNING_BACKFILL = "USAGELEDGER_SKIP_WAS_RUNNING_BACKFILL"
@@ -54,6 +54,10 @@ class SchemaStatus:
     current: str | None
     head: str
 
+    known: bool = True
+    """False when the database is at a revision this release does not ship (a newer
+    usageledger migrated it)."""
+
     @property
     def up_to_date(self) -> bool:
         return self.current == self.head
@@ -62,7 +66,42 @@ class SchemaStatus:
 def current(engine: Engine) -> SchemaStatus:
     with engine.connect() as conn:
         revision = MigrationContext.configure(conn).get_current_revision()
-    return SchemaStatus(current=revision, head=head_revision())
+    known = revision is None or _get_revision_or_none(revision) is not None
+    return SchemaStatus(current=revision, head=head_revision(), known=known)
+
+
+def _get_revision_or_none(revision: str) -> object:
+    try:
+        return _script().get_revision(revision)
+    except CommandError:
+        return None
+
+
+def _newer_release(where: str, status: SchemaStatus) -> BadInputError:
+    return SchemaMissingError(
+        f"{where} is at schema revision {status.current}, which this usageledger does not know "
+        f"(its newest is {status.head}): a newer usageledger migrated it; use that release"
+    )
+
+
+def _check_upgradable(engine: Engine, status: SchemaStatus) -> None:
+    """Refuse, before anything is written, a database this release cannot migrate: one at a
+    revision it does not know, or one without our version table that already holds tables of
+    the same names (Cloud Controller's own database, or a half-applied first migration)."""
+    where = display_url(engine.url)
+    if not status.known:
+        raise _newer_release(where, status)
+    if status.current is not None:
+        return
+    with engine.connect() as conn:
+        existing = set(sa.inspect(conn).get_table_names())
+    clashing = sorted(existing & set(metadata.tables))
+    if clashing:
+        raise BadInputError(
+            f"{where} already has tables named {', '.join(clashing)} but no usageledger schema "
+            "revision; usageledger creates and migrates its own tables, so point --db at an "
+            "empty database (or drop those tables if a failed first upgrade left them)"
+        )
 
 
 def _run(engine: Engine, action: str, revision: str, **attributes: object) -> None:
@@ -88,6 +127,7 @@ def upgrade(
     `$USAGELEDGER_SKIP_WAS_RUNNING_BACKFILL` is 1; skipped, they are still recorded as applied.
     """
     skip = skip_was_running_backfill or os.environ.get(ENV_SKIP_WAS_RUNNING_BACKFILL) == "1"
+    _check_upgradable(engine, current(engine))
     _run(engine, "upgrade", revision, **{SKIP_WAS_RUNNING_BACKFILL: skip})
 
 
@@ -107,6 +147,8 @@ def require_schema(engine: Engine) -> None:
         raise SchemaMissingError(
             f"{where} has no usageledger schema; run `usageledger db upgrade` first"
         )
+    if not status.known:
+        raise _newer_release(where, status)
     if not status.up_to_date:
         raise SchemaMissingError(
             f"{where} is at schema revision {status.current}, this usageledger needs "

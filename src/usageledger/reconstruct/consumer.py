@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from usageledger import db
 from usageledger.clock import Clock
-from usageledger.errors import BadInputError, FellBehindRetentionError
+from usageledger.errors import BadInputError, FellBehindRetentionError, SourceResetError
 from usageledger.lifecycles import APP_USAGE_EVENTS, EVENT_TABLES, lifecycles_of
 from usageledger.reconstruct import ledger_store, source
 from usageledger.reconstruct.billing import (
@@ -37,10 +37,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONSUMER = "reference"
 DEFAULT_GRACE = timedelta(seconds=60)
+#: A longer grace period would keep a consumer behind a rolled-back id for more than a week.
+MAX_GRACE = timedelta(days=7)
 #: Events per batch. Each batch is one ledger transaction (C1) with a fixed cost of about 2.7 ms
 #: on PostgreSQL (some fifteen round trips and a durable commit), more per event at 1,000 than
 #: fetching the event costs; at 5,000 it is a fifth of that. Reading alone is as fast at either.
 DEFAULT_BATCH_SIZE = 5000
+#: A larger batch holds its ledger transaction (and its states in memory) for longer, for no
+#: gain (see bench/README.md).
+MAX_BATCH_SIZE = 100_000
 #: How many ids ahead the reader records gaps when it is blocked (C2), so that the holes of a
 #: pruned table start their grace period together instead of one batch at a time.
 GAP_LOOKAHEAD = 100_000
@@ -158,6 +163,28 @@ def _fell_behind_retention(
     return lowest is not None and lowest > cursor.position
 
 
+def _check_not_reset(conn: Connection, table: str, cursor: ledger_store.ConsumerCursor) -> None:
+    """C1: refuse a source whose ids now end below the cursor.
+
+    Ids only grow, and retention keeps the newest row (R2), so a non-empty table whose highest
+    id is below what this consumer already passed was recreated (a schema reset) or had its ids
+    restarted. Reading on from the old cursor would skip every new event up to it, silently.
+    A cleanup told not to keep the newest row leaves its watermark at or above the cursor,
+    which is no reset.
+    """
+    highest = source.highest_id(conn, table)
+    if highest is None or highest >= cursor.position:
+        return
+    pruned = source.pruned_through(conn, table)
+    if pruned is None or pruned < cursor.position:
+        raise SourceResetError(
+            f"consumer {cursor.consumer!r} stands at {table} id {cursor.position}, but the table's "
+            f"highest id is now {highest}: the table was recreated or its ids restarted, and this "
+            "ledger belongs to its old history; use a new --consumer name or a new --ledger-db "
+            "(see docs/consumer-rules.md, C1)"
+        )
+
+
 def consume_batch(
     source_engine: Engine,
     ledger_engine: Engine,
@@ -180,11 +207,30 @@ def consume_batch(
         known = ledger_store.open_gaps(lconn, consumer, table)
         with db.transaction(source_engine, read_only=True) as sconn:
             rows, top = source.fetch_rows(sconn, table, cursor.position, batch_size)
+            if not rows and cursor.position > 0:
+                _check_not_reset(sconn, table, cursor)
             ids = [row[0] for row in rows]
             plan = plan_read(cursor.position, ids, known, now=now, grace=grace)
+            settled = 0
+            if plan.blocked_by is not None:
+                # Holes a cleanup pruned need no grace period (a fresh consumer on a pruned
+                # table would otherwise wait one out at its very first gap).
+                settled = source.pruned_through(sconn, table) or 0
+                if settled >= plan.blocked_by.last:
+                    plan = plan_read(
+                        cursor.position, ids, known, now=now, grace=grace, settled_through=settled
+                    )
             if plan.blocked_by is not None and len(rows) == batch_size:
                 ahead = source.ids_after(sconn, table, cursor.position, GAP_LOOKAHEAD)
-                plan = plan_read(cursor.position, ids, known, now=now, grace=grace, lookahead=ahead)
+                plan = plan_read(
+                    cursor.position,
+                    ids,
+                    known,
+                    now=now,
+                    grace=grace,
+                    lookahead=ahead,
+                    settled_through=settled,
+                )
             applied = rows[: plan.apply] if plan.apply < len(rows) else rows
             fell_behind = None
             gap_closed = 0
@@ -285,6 +331,15 @@ def _fell_behind(
     return RetentionGap(table, first, last, gap_closed), gap_closed
 
 
+def check_grace(grace: timedelta) -> None:
+    """C2's grace period: from 0 to MAX_GRACE (a bad value is bad input, nothing written)."""
+    if not timedelta(0) <= grace <= MAX_GRACE:
+        raise BadInputError(
+            f"the grace period must be from 0 to {int(MAX_GRACE.total_seconds())} seconds "
+            f"(7 days), got {grace.total_seconds():g} seconds"
+        )
+
+
 def consume(
     source_engine: Engine,
     ledger_engine: Engine,
@@ -302,10 +357,11 @@ def consume(
     Falling behind retention (C10) is handled and reported in the result; `raise_if_fell_behind`
     turns it into FellBehindRetentionError for a run-once caller.
     """
-    if batch_size < 1:
-        raise BadInputError(f"batch size must be an integer >= 1, got {batch_size}")
-    if grace < timedelta(0):
-        raise BadInputError("the grace period cannot be negative")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise BadInputError(
+            f"batch size must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size}"
+        )
+    check_grace(grace)
     batches = applied = closed = found = 0
     positions: dict[str, int] = {}
     waiting: dict[str, IdRange] = {}

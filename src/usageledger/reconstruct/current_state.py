@@ -335,13 +335,27 @@ def running_per_resource_tables(conn: Connection, kind: str | None = None) -> di
     return result
 
 
+#: A run opened by a baseline (or a resize, C6) is what the backfill's repair closes (B5).
+_AWAITING_REPAIR = (
+    "awaiting repair: if a baseline opened it, `usageledger backfill` appends the ending"
+)
+#: A run with a real start: no repair applies; the platform lost the ending (SPEC §3).
+_ENDING_MISSING = (
+    "its ending is missing: the platform stopped it without recording one, and the backfill "
+    "repairs only baselines (see docs/operations.md)"
+)
+
+
 def drift(running: Sequence[RunningResource], per_tables: dict[str, set[str]]) -> list[Drift]:
     """CS3: running per the resource tables without an open run on record (run backfill), and
     open on record but not running (awaiting repair)."""
     on_record: dict[str, set[str]] = {k: set() for k in per_tables}
+    lower_bound: set[tuple[str, str]] = set()
     for r in running:
         if r.kind in on_record:
             on_record[r.kind].add(r.guid)
+            if r.start_is_lower_bound:
+                lower_bound.add((r.kind, r.guid))
     found: list[Drift] = []
     for kind in sorted(per_tables, key=KINDS.index):
         for guid in sorted(per_tables[kind] - on_record[kind]):
@@ -359,7 +373,7 @@ def drift(running: Sequence[RunningResource], per_tables: dict[str, set[str]]) -
                     kind=kind,
                     guid=guid,
                     problem=OPEN_RUN_NOT_RUNNING,
-                    remedy="awaiting repair: run `usageledger backfill` to append the ending",
+                    remedy=(_AWAITING_REPAIR if (kind, guid) in lower_bound else _ENDING_MISSING),
                 )
             )
     return found

@@ -86,11 +86,15 @@ def plan_read(
     now: datetime,
     grace: timedelta,
     lookahead: Sequence[int] = (),
+    settled_through: int = 0,
 ) -> ReadPlan:
     """Decide how far the cursor at `position` may move over the sorted `ids` it just read.
 
     `lookahead` holds further ids beyond the batch (ids only): their gaps are recorded too when
     the cursor is blocked, so holes ahead start their grace period now rather than one at a time.
+    A gap wholly at or below `settled_through` passes at once: a cleanup has pruned through it
+    (C10), and no transaction allocates an id below rows older than the cleanup's cutoff and
+    is still uncommitted.
     """
     expected = position + 1
     passed: list[KnownGap] = []
@@ -101,7 +105,7 @@ def plan_read(
         if event_id > expected:
             missing = IdRange(expected, event_id - 1)
             seen_at, fresh = _first_seen(missing, known, now)
-            if blocked is None and now - seen_at >= grace:
+            if blocked is None and (now - seen_at >= grace or missing.last <= settled_through):
                 passed.append(KnownGap(missing.first, missing.last, seen_at))
             else:
                 blocked = blocked or missing

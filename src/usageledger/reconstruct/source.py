@@ -75,6 +75,12 @@ def lowest_id(conn: Connection, table: str) -> int | None:
     return int(value) if value is not None else None
 
 
+def highest_id(conn: Connection, table: str) -> int | None:
+    source = EVENT_TABLES[table]
+    value = conn.execute(sa.select(sa.func.max(source.c.id))).scalar()
+    return int(value) if value is not None else None
+
+
 def pruned_through(conn: Connection, table: str) -> int | None:
     """The highest id any keep-running cleanup of `table` has planned to delete (C10), or None
     where none ran or the platform database has no `usage_event_retention` table (a platform

@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CUTOFF_AGE_IN_DAYS = 31
 DEFAULT_BATCH_SIZE = 1000
+#: A batch is one DELETE with its ids as parameters: SQLite takes at most 32,766 of them, and a
+#: batch is meant to be a short transaction (R8).
+MAX_BATCH_SIZE = 10_000
+#: About 270 years: beyond it the cutoff date leaves what the databases store.
+MAX_CUTOFF_AGE_IN_DAYS = 100_000
 #: Rows the deciding walk fetches and folds at a time, from one streamed statement.
 WALK_CHUNK_ROWS = 5_000
 
@@ -150,13 +155,20 @@ def check_cleanup_options(cutoff_age_in_days: object, batch_size: object) -> Non
     if (
         not isinstance(cutoff_age_in_days, int)
         or isinstance(cutoff_age_in_days, bool)
-        or cutoff_age_in_days < 0
+        or not 0 <= cutoff_age_in_days <= MAX_CUTOFF_AGE_IN_DAYS
     ):
         raise BadInputError(
-            f"cutoff age must be a whole number of days >= 0, got {cutoff_age_in_days!r}"
+            f"cutoff age must be a whole number of days from 0 to {MAX_CUTOFF_AGE_IN_DAYS}, "
+            f"got {cutoff_age_in_days!r}"
         )
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise BadInputError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    if (
+        not isinstance(batch_size, int)
+        or isinstance(batch_size, bool)
+        or not 1 <= batch_size <= MAX_BATCH_SIZE
+    ):
+        raise BadInputError(
+            f"batch size must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}"
+        )
 
 
 def check_lifecycles(table: sa.Table, *, keep_running_records: bool) -> tuple[Lifecycle, ...]:

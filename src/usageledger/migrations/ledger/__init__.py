@@ -17,10 +17,10 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Engine
 
-from usageledger.db import display_url
+from usageledger.db import LEDGER_VERSION_TABLE, display_url
 from usageledger.errors import BadInputError, SchemaMissingError
 
-VERSION_TABLE = "usageledger_ledger_version"
+VERSION_TABLE = LEDGER_VERSION_TABLE
 
 
 def _config() -> Config:
