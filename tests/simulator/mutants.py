@@ -11,7 +11,7 @@ import attrs
 import pytest
 import sqlalchemy as sa
 
-from usageledger import retention
+from usageledger import db, retention
 from usageledger.backfill import kinds, repair, run
 from usageledger.backfill.window import NOW, in_window
 from usageledger.lifecycles import TASK
@@ -113,6 +113,16 @@ def second_interval_on_baseline(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(billing, "transition", doubled)
 
 
+def lock_that_does_not_exclude(mp: pytest.MonkeyPatch) -> None:
+    """A backfill lock that every caller gets at once (against B8): a lock object holding
+    nothing, so two backfills run together."""
+
+    def always(engine: Any, name: str) -> db.RunLock:
+        return db.RunLock(name, db.backend_of(engine))
+
+    mp.setattr(db, "try_run_lock", always)
+
+
 MUTANTS: dict[str, Mutant] = {
     "reversed_deletion_order": reversed_deletion_order,
     "task_baselines_named_was_running": task_baselines_named_was_running,
@@ -122,4 +132,5 @@ MUTANTS: dict[str, Mutant] = {
     "ungated_task_stop": ungated_task_stop,
     "canceling_running_for_seed_only": canceling_running_for_seed_only,
     "second_interval_on_baseline": second_interval_on_baseline,
+    "lock_that_does_not_exclude": lock_that_does_not_exclude,
 }

@@ -60,7 +60,13 @@ def main(server: str) -> None:
                 result = shrink(scenario, check, max_runs=60)
         finally:
             patch.undo()
-        document = regression_document(result, backend="sqlite", mutant=mutant, why=why)
+        document = regression_document(
+            result,
+            backend="sqlite",
+            mutant=mutant,
+            why=why,
+            backends=("sqlite", "postgresql", "mariadb"),
+        )
         path = write_regression(document, FOLDER / f"{mutant}.json")
         before = scenario.operation_count
         print(

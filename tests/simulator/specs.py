@@ -315,3 +315,43 @@ def purge_and_reseed() -> Scenario:
         sizes=Sizes(apps=1, processes=1, tasks=2, service_instances=1, builds=0, legacy=0),
         note="a destructive purge-and-reseed, then a backfill",
     )
+
+
+def two_backfills() -> Scenario:
+    """Two backfills due at the same moment: the first takes the lock and stops before its
+    first insert, the second runs its whole operation meanwhile (B8: it must find the lock
+    held)."""
+    return scenario(
+        [
+            ActorSpec("backfill-1", BACKFILL, (op(10, "backfill", batch_size=1),)),
+            ActorSpec("backfill-2", BACKFILL, (op(10, "backfill", batch_size=1),)),
+            consumer("consumer-1", [11]),
+        ],
+        sizes=Sizes(apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=2),
+        schedule=[
+            ["~tick"],
+            ["backfill-1", "until:INSERT INTO"],
+            ["backfill-2", "op"],
+            ["*"],
+        ],
+        note="two backfills at once",
+    )
+
+
+def scaled_process(consumer_flavour: str = "reference") -> Scenario:
+    """A process started, then scaled from 1 to 3 instances, read by one consumer (C8, I5)."""
+    return scenario(
+        [
+            ActorSpec(
+                "producer-1",
+                PRODUCER,
+                (
+                    op(1, "start_process", "proc-1"),
+                    op(2, "scale_process", "proc-1", instances=3, memory=512),
+                ),
+            ),
+            consumer("consumer-1", [3, 4], consumer_flavour),
+        ],
+        sizes=Sizes(apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=0),
+        note="a process scaled while running",
+    )

@@ -274,3 +274,48 @@ def test_i3_task_end_lost_to_a_purge_is_expected_not_invalid() -> None:
     assert verdict_with(None) == (Verdict.INVALID, ["invalid"])
     assert verdict_with((5, 6)) == (Verdict.VALID, ["expected"])
     assert verdict_with((11, 12)) == (Verdict.INVALID, ["invalid"])
+
+
+def _pruned_first_run(segments: list[Segment]) -> CheckInput:
+    """proc-1 ran day 1–5 and again day 6–8. A cleanup deleted the first run's rows (#7
+    STARTED, #8 STOPPED) before the consumer read them; it read the second run's (#9, #10)."""
+    committed = ops(
+        ("start_process", 1, {}),
+        ("stop_process", 5, {}),
+        ("start_process", 6, {}),
+        ("stop_process", 8, {}),
+    )
+    first = (row(7, "STARTED", 1, step=2), row(8, "STOPPED", 5, step=3))
+    second = (row(9, "STARTED", 6, step=20), row(10, "STOPPED", 8, step=21))
+    pruned = CleanupObservation("cleanup", "current", 10, 12, day(1), before=first, after=())
+    return data(segments, committed, observed=first + second, cleanups=(pruned,))
+
+
+def test_i3_pruned_before_read_does_not_excuse_a_later_bill_forever() -> None:
+    """I3/C10: rows of an earlier run pruned before the consumer read them excuse only the
+    time they cover; a later run billed forever (open after the final repair) stays invalid."""
+    report = check(_pruned_first_run([seg(6, None)]))
+    assert report.broken() == {"I3"}, [f.witness for f in report.findings]
+    (finding,) = report.invalid_findings()
+    assert finding.start == day(8) and "bills forever" in finding.witness
+    # The first run's missing bill is still the bounded, excused deviation.
+    assert report.deviation_totals() == {"pruned before read": (1, 4 * 86_400.0)}
+
+
+def test_i1_pruned_before_read_does_not_excuse_a_later_lost_interval() -> None:
+    """I1/C10: the consumer read the second run's rows; losing that run is not excused by an
+    earlier run's pruned rows."""
+    report = check(_pruned_first_run([]))
+    assert report.broken() == {"I1"}
+    (finding,) = report.invalid_findings()
+    assert (finding.start, finding.end) == (day(6), day(8))
+
+
+def test_i1_run_wholly_pruned_before_read_is_a_deviation() -> None:
+    """I1/C10: a run whose every row retention pruned before the consumer read it is
+    unbillable: a deviation with its size, and the rest of the bill is exact."""
+    report = check(_pruned_first_run([seg(6, 8)]))
+    assert report.verdict is Verdict.VALID, [f.witness for f in report.findings]
+    assert report.deviation_totals() == {"pruned before read": (1, 4 * 86_400.0)}
+    (finding,) = report.findings
+    assert finding.invariant == "I1" and finding.event_ids == (7, 8)

@@ -4,12 +4,15 @@ written scenario, exit codes, and bad options as one-line errors."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from tests.simulator import specs
 from tests.simulator.mutants import MUTANTS
-from usageledger.cli import cli
+from usageledger import db
+from usageledger.cli import cli, simulate_commands
 from usageledger.cli.root import run
 from usageledger.simulator.shrink import load_regression
 
@@ -37,6 +40,19 @@ def test_s8_simulate_json_writes_report_picture_and_replayable_scenario(
     picture = (out / "timeline.html").read_text()
     assert picture.startswith("<!doctype html>") and "<svg" in picture and "<script" not in picture
     assert "never_exercised" in document and "coverage" in document
+    # §9 snake_case keys; the names of consumers and files are data, not keys of the format.
+    data_maps = {"segments_billed", "files"}
+
+    def keys(value: object) -> list[str]:
+        if isinstance(value, dict):
+            return [k for k, v in value.items() for k in [k, *([] if k in data_maps else keys(v))]]
+        if isinstance(value, list):
+            return [k for item in value for k in keys(item)]
+        return []
+
+    assert [k for k in keys(document) if not re.fullmatch(r"[a-z0-9_]+", k)] == []
+    billed = document["counts"]["segments_billed"]
+    assert billed and all(isinstance(n, int) for n in billed.values()), billed
     code, _, _ = _run(
         capsys, "simulate", "--scenario", str(out / "scenario.json"), "--out", str(tmp_path / "b")
     )
@@ -175,3 +191,85 @@ def test_s2_simulate_purge_and_reseed_switch(
     scenario = json.loads((tmp_path / "scenario.json").read_text())
     assert scenario["mix"]["purge_and_reseed"] == 1
     assert any(actor["kind"] == "purge" for actor in scenario["actors"])
+
+
+def test_s7_shrink_keeps_the_recorded_schedule_of_a_race(
+    backend_url: str,
+    backend: db.Backend,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S7/I3: a failure that needs an interleaving (the backfill_vs_task_end race under the
+    no_repair mutant) shrinks with its schedule kept: fewer operations, the same signature,
+    the schedule in the regression, which lists the backend it was found on and says where
+    the regression suite picks it up."""
+    if backend is not db.Backend.POSTGRESQL:
+        pytest.skip("one backend that can express the race is enough for this slow test")
+    spec = tmp_path / "spec.json"
+    race = specs.backfill_vs_task_end()
+    spec.write_text(race.dumps())
+    MUTANTS["no_repair"](monkeypatch)
+    out = tmp_path / "out"
+    code, stdout, err = _run(
+        capsys,
+        "simulate",
+        "--scenario",
+        str(spec),
+        "--backend-url",
+        backend_url,
+        "--out",
+        str(out),
+        "--shrink",
+    )
+    assert code == 1 and "Traceback" not in err and "error:" not in err, err
+    assert "tests/regressions/" in stdout
+    document = json.loads((out / "regression.json").read_text())
+    assert document["backends"] == ["postgresql"] and document["found_on"] == "postgresql"
+    assert "tests/regressions/" in document["install"]
+    regression = load_regression(out / "regression.json")
+    assert "I3" in regression.invariants
+    assert regression.scenario.schedule  # the interleaving the failure needs
+    assert regression.scenario.operation_count < race.operation_count
+
+
+def test_s7_shrink_that_cannot_reproduce_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S7/§9: when the failure does not reproduce on a fresh database, --shrink reports one
+    `error:` line (exit 1), no traceback, and the run's report is still written."""
+    patch = pytest.MonkeyPatch()
+    MUTANTS["seed_without_guard"](patch)
+    real = simulate_commands.run_scenario
+
+    def first_run_only(*args: object, **kwargs: object) -> object:
+        try:
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            patch.undo()  # every shrink candidate runs the real code: nothing fails
+
+    monkeypatch.setattr(simulate_commands, "run_scenario", first_run_only)
+    code, stdout, err = _run(
+        capsys,
+        "simulate",
+        "--seed",
+        "3",
+        "--apps",
+        "1",
+        "--processes",
+        "2",
+        "--tasks",
+        "1",
+        "--service-instances",
+        "0",
+        "--out",
+        str(tmp_path),
+        "--shrink",
+        "--json",
+    )
+    assert code == 1
+    assert json.loads(stdout)["verdict"] == "invalid"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: the failure did not reproduce"), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "regression.json").exists()

@@ -23,6 +23,9 @@ CASES: list[tuple[str, Callable[[], Scenario], str, bool]] = [
     ("ungated_task_stop", specs.legacy_tasks, "I9", False),
     ("canceling_running_for_seed_only", specs.legacy_tasks, "I1", False),
     ("second_interval_on_baseline", specs.baseline_for_open_resource, "I2", False),
+    # SQLite holds one writer at a time: the second backfill cannot begin while the first
+    # waits inside its batch, so the overlap needs a server.
+    ("lock_that_does_not_exclude", specs.two_backfills, "I8", True),
 ]
 
 
@@ -63,3 +66,13 @@ def test_s8_pairing_by_created_at_is_caught(simulate: Simulate, backend: db.Back
         pytest.skip("the stop must hold its transaction while the reseed commits: two writers")
     assert "I3" in simulate(specs.created_at_out_of_id_order("created_at")).report.broken()
     assert simulate(specs.created_at_out_of_id_order()).report.verdict.value == "valid"
+
+
+def test_s8_a_consumer_blind_to_resizes_is_caught_as_a_wrong_footprint(
+    simulate: Simulate,
+) -> None:
+    """S6 I5 end to end: a consumer that ignores the scale of a running process bills its old
+    size from the scale on; the checker reports a wrong footprint (I5), and the reference
+    consumer on the same scenario is valid."""
+    assert simulate(specs.scaled_process("resize_blind")).report.broken() == {"I5"}
+    assert simulate(specs.scaled_process()).report.verdict.value == "valid"

@@ -115,3 +115,15 @@ def test_b9_purge_and_reseed_then_backfill_restores_baselines(simulate: Simulate
     late = next(v for v in result.consumers if v.name == "consumer-2")
     assert all(s.start_is_lower_bound for s in late.ledger.segments)
     assert any(f.deviation == "purged before read" for f in result.report.findings)
+
+
+def test_s9_late_row_below_cursor_counts_the_race_a_correct_consumer_survives(
+    simulate: Simulate, backend: db.Backend
+) -> None:
+    """S9/C2: a row that commits inside the gap the reference consumer waits at counts as the
+    race happening (late row below a cursor), while the run stays valid (no I10)."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip(NEEDS_CONCURRENT_WRITERS)
+    result = simulate(specs.id_gap("reference"))
+    assert result.report.verdict.value == "valid"
+    assert result.coverage["late_row_below_cursor"] >= 1

@@ -12,7 +12,7 @@ from usageledger import db
 from usageledger.clock import Clock
 from usageledger.lifecycles import EVENT_TABLES
 from usageledger.reconstruct import source
-from usageledger.reconstruct.billing import BillingStateMachine, Ledger
+from usageledger.reconstruct.billing import BillingStateMachine, Ledger, Role, meaning_of
 from usageledger.simulator.consumers import ConsumerProgram, PollOutcome, StepClock
 
 
@@ -90,3 +90,33 @@ def created_at_factory(name: str, folder: Path) -> ConsumerProgram:
 
 
 WRONG_CONSUMERS["created_at"] = created_at_factory
+
+
+class ResizeBlindConsumer(NaiveMaxIdConsumer):
+    """Ignores resizes (STARTED after STARTED, UPDATED), so it bills a scaled process at its
+    old size for ever (C8): the wrong footprint the simulator must show as I5."""
+
+    flavour = "resize_blind"
+
+    def _read(self, engine: Engine, batch_size: int) -> PollOutcome:
+        applied = 0
+        for table in EVENT_TABLES:
+            while True:
+                with db.transaction(engine, read_only=True) as conn:
+                    events = source.fetch_after(conn, table, self.positions[table], batch_size)
+                for event in events:
+                    if meaning_of(event).role is not Role.RESIZE:
+                        self.machine.apply(event)
+                applied += len(events)
+                if events:
+                    self.positions[table] = events[-1].id
+                if len(events) < batch_size:
+                    break
+        return PollOutcome(tuple(self.positions.items()), 0, 0, applied)
+
+
+def resize_blind_factory(name: str, folder: Path) -> ConsumerProgram:
+    return ResizeBlindConsumer(name, folder)
+
+
+WRONG_CONSUMERS["resize_blind"] = resize_blind_factory

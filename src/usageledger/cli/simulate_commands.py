@@ -37,7 +37,13 @@ from usageledger.simulator.scenario import (
     generate_scenario,
     load_scenario,
 )
-from usageledger.simulator.shrink import Signature, regression_document, write_regression
+from usageledger.simulator.shrink import (
+    REGRESSION_FOLDER,
+    ShrinkError,
+    Signature,
+    regression_document,
+    write_regression,
+)
 from usageledger.simulator.shrink import shrink as shrink_scenario
 
 VERDICT_STYLE = {"valid": "green", "invalid": "bold red", "unknown": "yellow"}
@@ -150,10 +156,17 @@ def _render(result: RunResult, files: dict[str, Path]) -> None:
         out.print(f"… and {hidden} more invalid findings in {files['report']}", markup=False)
     out.print(f"picture: {files['picture']}", markup=False)
     out.print(f"scenario (replay with --scenario): {files['scenario']}", markup=False)
+    if "regression" in files:
+        out.print(
+            f"shrunk regression: {files['regression']} (copy it into {REGRESSION_FOLDER} for "
+            "the regression suite)",
+            markup=False,
+        )
 
 
 def _shrink(result: RunResult, server: str, out_dir: Path) -> Path:
-    """S7: delta-debug the failing scenario on fresh scratch databases of the same server."""
+    """S7: delta-debug the failing scenario, its recorded schedule kept, on fresh scratch
+    databases of the same server. The regression lists the backend it was found on."""
 
     def check(candidate: Scenario) -> Signature:
         with (
@@ -309,10 +322,17 @@ def simulate_command(
     ):
         result = run_scenario(scenario, url, workdir=Path(work), progress=on_step)
     files = write_outputs(result, out_dir)
+    shrink_error = ""
     if shrink and result.report.verdict is Verdict.INVALID:
-        files["regression"] = _shrink(result, server, out_dir)
+        try:
+            with _quiet_actors():
+                files["regression"] = _shrink(result, server, out_dir)
+        except ShrinkError as exc:
+            shrink_error = str(exc)
     if as_json:
         emit_json(report_document(result, files))
     else:
         _render(result, files)
+    if shrink_error:
+        stderr().print(f"error: {shrink_error}", markup=False)
     return 0 if result.report.verdict is Verdict.VALID else 1

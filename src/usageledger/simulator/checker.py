@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import attrs
 
@@ -329,6 +330,37 @@ def pruned_before_read(
     return missed
 
 
+def excused_windows(
+    lost_rows: Sequence[RowInfo], observed: Sequence[RowInfo], horizon: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The time each row pruned before the consumer read it accounts for: from the row's
+    created_at to that of the next row of the same resource (by id) the consumer did read, or
+    the horizon when it read none after it. Only the bill inside these windows may differ
+    from the truth because of the pruning (C10); elsewhere the consumer had the rows."""
+    if not lost_rows:
+        return []
+    lost = {(r.table, r.id) for r in lost_rows}
+    key = lost_rows[0].key
+    read = sorted(
+        (r for r in observed if r.key == key and (r.table, r.id) not in lost),
+        key=lambda r: r.id,
+    )
+    windows: list[tuple[datetime, datetime]] = []
+    for row in lost_rows:
+        nxt = next((r for r in read if r.table == row.table and r.id > row.id), None)
+        start = aware(row.created_at)
+        end = aware(nxt.created_at) if nxt is not None else horizon
+        if start < end:
+            windows.append((start, end))
+    union: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(windows):
+        if union and start <= union[-1][1]:
+            union[-1] = (union[-1][0], max(union[-1][1], end))
+        else:
+            union.append((start, end))
+    return union
+
+
 def purged_rows(cleanups: Sequence[CleanupObservation]) -> set[tuple[str, int]]:
     """The (table, id) pairs a destructive purge-and-reseed deleted."""
     gone: set[tuple[str, int]] = set()
@@ -425,6 +457,12 @@ def check_consumer(
         for s in billed:
             points.add(aware(s.start))
             points.add(b_end(s))
+        lost_rows = missed.get(guid, ())
+        excused = excused_windows(lost_rows, observed, horizon)
+        purge_lost = [r for r in lost_rows if (r.table, r.id) in purged]
+        by_purge_windows = excused_windows(purge_lost, observed, horizon) if purge_lost else []
+        for lo_, hi_ in excused:
+            points.update((lo_, hi_))
         ordered = sorted(p for p in points if p <= horizon)
         pieces: list[_Piece] = []
         for lo, hi in itertools.pairwise(ordered):
@@ -444,6 +482,17 @@ def check_consumer(
                     pieces.append(_Piece(lo, hi, "overbilled", s, None))
                 elif not same_footprint(s.footprint, true_fp):
                     pieces.append(_Piece(lo, hi, "footprint", s, true_fp))
+
+        def pruned_away(p: _Piece, excused: list[tuple[datetime, datetime]] = excused) -> bool:
+            """Whether this stretch of the bill may differ because its rows were pruned before
+            the consumer read them. Never a bill still open after the final repair for a
+            stopped resource: reading the later rows would have closed it (I3)."""
+            if p.category == "overbilled" and p.segment is not None and p.segment.end is None:
+                return False
+            return p.start >= words.start and any(
+                lo_ <= p.start and p.end <= hi_ for lo_, hi_ in excused
+            )
+
         merged: list[_Piece] = []
         for p in pieces:
             last = merged[-1] if merged else None
@@ -452,6 +501,7 @@ def check_consumer(
                 and last.category == p.category
                 and last.segment == p.segment
                 and last.end == p.start
+                and pruned_away(last) == pruned_away(p)
             ):
                 merged[-1] = attrs.evolve(last, end=p.end)
             else:
@@ -459,9 +509,8 @@ def check_consumer(
         for p in merged:
             size = (p.end - p.start).total_seconds()
             base = {"start": p.start, "end": p.end, "size_seconds": size, **common(guid, kind)}
-            lost_rows = missed.get(guid, ())
-            if lost_rows and p.start >= words.start:
-                ids = tuple(sorted(r.id for r in lost_rows))
+            if pruned_away(p):
+                ids = tuple(sorted(r.id for r in lost_rows if aware(r.created_at) <= p.end))
                 invariant = {"uncovered": "I1", "overbilled": "I3", "footprint": "I5"}[p.category]
                 by_purge = any((r.table, r.id) in purged for r in lost_rows)
                 findings.append(
@@ -596,6 +645,23 @@ def check_consumer(
                             f"{words.seg(over)} is still open for consumer {view.name}: "
                             f"{lost_stops[guid]}. This is the destructive purge's damage; "
                             "run the backfill right after a purge (B9).",
+                            event_ids=ids,
+                            **base,  # type: ignore[arg-type]
+                        )
+                    )
+                elif over.end is None and any(
+                    lo_ <= p.start and p.end <= hi_ for lo_, hi_ in by_purge_windows
+                ):
+                    ids = tuple(sorted(r.id for r in purge_lost))[:5]
+                    findings.append(
+                        Finding(
+                            "I3",
+                            Severity.EXPECTED,
+                            f"{who} is not running since {words.t(p.start)}, but "
+                            f"{words.seg(over)} is still open for consumer {view.name}: the "
+                            f"purge-and-reseed deleted event(s) #{', #'.join(map(str, ids))} "
+                            "before it read them, and nothing on record closes it since. This "
+                            "is the destructive purge's damage (S2).",
                             event_ids=ids,
                             **base,  # type: ignore[arg-type]
                         )
@@ -953,6 +1019,19 @@ def check_visibility(
 # --- the whole check ----------------------------------------------------------------------------
 
 
+def _replayable_order(f: Finding) -> tuple[Any, ...]:
+    return (
+        f.invariant,
+        f.consumer or "",
+        f.kind or "",
+        f.label or "",
+        f.start.timestamp() if f.start is not None else float("-inf"),
+        f.end.timestamp() if f.end is not None else float("-inf"),
+        f.event_ids,
+        f.deviation,
+    )
+
+
 def check(data: CheckInput) -> CheckReport:
     """Run every invariant; the verdict is invalid if any finding is, unknown if the outcome
     could not be resolved (a consumer not drained, a stuck schedule), valid otherwise."""
@@ -984,6 +1063,9 @@ def check(data: CheckInput) -> CheckReport:
     if data.outcome_unknown:
         for inv in INVARIANTS:
             unknown.setdefault(inv, data.outcome_unknown)
+    # The checks walk resources by guid, which is a fresh UUID on every run: order the
+    # findings by what a replay reproduces (S1), the resource's label, times and event ids.
+    findings.sort(key=_replayable_order)
     results = []
     for inv in INVARIANTS:
         mine = [f for f in findings if f.invariant == inv]

@@ -4,6 +4,8 @@ scenario with its recorded schedule (replayable), the history, the report and th
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ def report_document(result: RunResult, files: dict[str, Path] | None = None) -> 
         "ticks": result.stats.ticks,
         "kills": result.stats.kills,
         "longest_transaction_steps": result.stats.longest_transaction,
-        "counts": dict(result.counts),
+        "counts": _json_counts(result.counts),
         "invariants": [
             {
                 "invariant": r.invariant,
@@ -53,7 +55,7 @@ def report_document(result: RunResult, files: dict[str, Path] | None = None) -> 
             for r in report.invariants
         ],
         "deviations": {
-            name: {"count": count, "total_seconds": round(seconds, 3)}
+            _snake(name): {"description": name, "count": count, "total_seconds": round(seconds, 3)}
             for name, (count, seconds) in sorted(report.deviation_totals().items())
         },
         "findings": [f.to_json() for f in important[:MAX_FINDINGS]],
@@ -65,6 +67,25 @@ def report_document(result: RunResult, files: dict[str, Path] | None = None) -> 
     }
     if files is not None:
         document["files"] = {name: str(path) for name, path in files.items()}
+    return document
+
+
+def _snake(name: str) -> str:
+    """A deviation's name as a JSON key (§9, snake_case): `lower-bound start` becomes
+    `lower_bound_start`."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _json_counts(counts: Mapping[str, int]) -> dict[str, Any]:
+    """The run's counts with snake_case keys (§9): a per-consumer count such as
+    `segments_billed[consumer-1-reference]` becomes `{"segments_billed": {name: n}}`."""
+    document: dict[str, Any] = {}
+    for key, value in counts.items():
+        base, bracket, inner = key.partition("[")
+        if bracket:
+            document.setdefault(base, {})[inner.removesuffix("]")] = value
+        else:
+            document[key] = value
     return document
 
 

@@ -39,6 +39,8 @@ STEP_CHECK_SECONDS = 0.05
 FREE_RUN = "*"
 DIRECTIVES = ("until:", "through:", "op")
 STUCK_SECONDS = 60.0
+#: How long a replay waits for a recorded actor whose previous step is still blocked.
+REPLAY_WAIT_SECONDS = 2.0
 
 
 def _settled(actor: ActorRuntime) -> bool:
@@ -127,11 +129,38 @@ _SPACES = re.compile(r"\s+")
 _LISTS = re.compile(r"\((?:\s*(?:\?|%s|%\(\w+\)s|:\w+)\s*,?)+\)")
 
 
-def fingerprint(kind: str, text: str) -> str:
+#: Names that differ per run (the scratch database `usageledger_sim_…`, a test run's database
+#: `ul_test_…`) as a schema/database qualifier or a quoted name in a statement's text.
+_RUN_NAMES = re.compile(r"(?:usageledger_sim|ul_test)_\w+")
+
+
+def _without_names(text: str, names: tuple[str, ...]) -> str:
+    """`text` with the per-run database names dropped where they qualify an object
+    (`` `db`.`t` `` becomes `` `t` ``, also with double quotes or bare) and replaced by `~db`
+    anywhere else they stand quoted. MariaDB's DESCRIBE of `has_table` names the database."""
+    patterns = [re.escape(n) for n in names if n] + [_RUN_NAMES.pattern]
+    for pattern in patterns:
+        text = re.sub(rf"(?:`{pattern}`|\"{pattern}\"|\b{pattern}\b)\s*\.\s*", "", text)
+        text = re.sub(rf"`{pattern}`|\"{pattern}\"|'{pattern}'", "~db", text)
+    return text
+
+
+def fingerprint(kind: str, text: str, names: tuple[str, ...] = ()) -> str:
     """A short digest of a step: its kind and normalized SQL (parameters left out: guids are
-    fresh UUIDs on every run, ids and sizes are the same)."""
-    normal = _LISTS.sub("(…)", _SPACES.sub(" ", text.strip()))
+    fresh UUIDs on every run, ids and sizes are the same). Per-run names — `names` (the run's
+    database) and any scratch or test database name — are normalized away (SPEC S1: a replay
+    runs in a database of another name)."""
+    normal = _LISTS.sub("(…)", _SPACES.sub(" ", _without_names(text.strip(), names)))
     return hashlib.blake2b(f"{kind}:{normal}".encode(), digest_size=4).hexdigest()
+
+
+def _database_names(engine: Engine) -> tuple[str, ...]:
+    """The database name of a server engine's URL, which differs per run (a scratch database);
+    SQLite's file name never appears in a statement."""
+    database = engine.url.database or ""
+    if not database or engine.url.get_backend_name() == "sqlite":
+        return ()
+    return (database,)
 
 
 class ActorRuntime:
@@ -144,6 +173,8 @@ class ActorRuntime:
         self.scheduler = scheduler
         self.status = "new"  # new | parked | running | blocked | done
         self.pending: Pending | None = None
+        #: How many times the actor has parked: names one parked step (object ids are reused).
+        self.parks = 0
         self.granted = False
         self.crash_pending = False
         self.crashing = False
@@ -213,8 +244,9 @@ class ActorRuntime:
             session = db.dbapi_session_id(raw) if raw is not None else 0
         except Exception:  # an invalidated connection has no session
             session = 0
+        names = self.scheduler.run_names
         self.park(
-            Pending(kind, text, fingerprint(kind, text), params=_param_digest(parameters)),
+            Pending(kind, text, fingerprint(kind, text, names), params=_param_digest(parameters)),
             session=session,
         )
 
@@ -226,6 +258,7 @@ class ActorRuntime:
             raise SimulatedCrash(self.name)
         with sched.cv:
             self.pending = pending
+            self.parks += 1
             self.session_id = session
             self.status = "parked"
             sched.cv.notify_all()
@@ -307,7 +340,9 @@ class Scheduler:
         self.on_kill: Callable[[ActorRuntime, int], None] | None = None
         self._priorities: dict[str, float] = {}
         self._change_points: set[int] = set()
-        self._counted_waits: set[int] = set()
+        self._counted_waits: set[tuple[str, int]] = set()
+        #: Names that differ per run (the database's), kept out of fingerprints.
+        self.run_names: tuple[str, ...] = _database_names(control)
         self.history: list[HistoryEntry] = []
         self.commits = 0
         self._history_lock = threading.Lock()
@@ -342,16 +377,21 @@ class Scheduler:
             )
 
     def _complete(self, actor: ActorRuntime, pending: Pending, step: int) -> None:
-        """Record how a granted step ended: blocked on a lock, failed, or done."""
+        """Record how a granted step ended: blocked on a lock, failed, or done. A commit's
+        `on_commit` runs once the commit has completed, not while it waits on a lock."""
         if actor.status == "blocked":
             actor.inflight = (pending, step)
             self._note_step(actor, "blocked", pending, step)
             return
         actor.inflight = None
+        if pending.kind in ("commit", "rollback"):
+            actor.holds_sqlite_writer = False
         if pending.kind == "op":
             return  # the operation's own outcome is noted when it ends
         failed = bool(actor.result_error) or (actor.status == "done" and actor.error is not None)
         self._note_step(actor, "fail" if failed else "ok", pending, step)
+        if pending.kind == "commit" and not failed and self.on_commit is not None:
+            self.on_commit(actor, self.step)
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -396,8 +436,8 @@ class Scheduler:
     # -- choosing ------------------------------------------------------------------------------
 
     def _eligible(self, a: ActorRuntime) -> bool:
-        if a.status != "parked" or a.pending is None:
-            return False
+        if a.status != "parked" or a.pending is None or a.inflight is not None:
+            return False  # a released step is settled (its outcome recorded) first
         p = a.pending
         if p.kind == "op":
             return p.ready_at is None or p.ready_at <= self.clock.now()
@@ -463,11 +503,11 @@ class Scheduler:
                         a.status == "parked"
                         and a.pending is not None
                         and a.pending.kind == "sql"
-                        and id(a.pending) not in self._counted_waits
+                        and (a.name, a.parks) not in self._counted_waits
                         and not self._eligible(a)
                     ):
                         # One wait per parked BEGIN IMMEDIATE, however long it lasts.
-                        self._counted_waits.add(id(a.pending))
+                        self._counted_waits.add((a.name, a.parks))
                         self.stats.sqlite_writer_waits += 1
                         holder = next((o.name for o in self.actors if o.holds_sqlite_writer), "")
                         self.note(
@@ -562,11 +602,18 @@ class Scheduler:
             self._kill(victim)
             return
         actor = next((a for a in ready if a.name == entry.choice), None)
+        if actor is None:
+            actor = self._await_released(entry.choice)
         if actor is None or actor.pending is None:
             state = next((a.status for a in self.actors if a.name == entry.choice), "unknown")
             raise ReplayDivergenceError(
                 f"divergence at step {self.step}: the schedule runs {entry.choice}, which is "
                 f"{state} and cannot take a step"
+                + (
+                    " (its step waits on a lock it did not wait on when recorded)"
+                    if state == "blocked"
+                    else ""
+                )
             )
         if entry.fingerprint and actor.pending.fingerprint != entry.fingerprint:
             raise ReplayDivergenceError(
@@ -575,6 +622,23 @@ class Scheduler:
                 f"({actor.pending.text[:80]!r})"
             )
         self._grant(actor)
+
+    def _await_released(self, name: str) -> ActorRuntime | None:
+        """Replay: the recorded actor's previous step waits on a lock. Whether a wait is caught,
+        and when it ends, depends on timing (a lock that is being released, InnoDB's purge), so
+        give it up to REPLAY_WAIT_SECONDS to end by itself before calling it a divergence. Its
+        lock may instead be held by an actor the schedule has not yet resumed: then the run
+        truly diverged."""
+        actor = next((a for a in self.actors if a.name == name), None)
+        if actor is None or actor.inflight is None:
+            return None
+        deadline = time.monotonic() + REPLAY_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            self._settle(actor)
+            if actor.inflight is None:
+                return actor if self._eligible(actor) else None
+            time.sleep(STEP_CHECK_SECONDS)
+        return None
 
     def _directive(self, entry: ScheduleEntry) -> None:
         """Hand-written race specs: `[actor, "until:SQL"]` runs the actor up to (not
@@ -644,6 +708,9 @@ class Scheduler:
         self._grant(victim, record=False)
 
     def _grant(self, actor: ActorRuntime, *, record: bool = True) -> None:
+        if actor.inflight is not None:
+            # Its blocked step ended and it parked again before the re-check saw it.
+            self._settle(actor)
         pending = actor.pending
         assert pending is not None
         if record:
@@ -679,10 +746,6 @@ class Scheduler:
             self.cv.notify_all()
         self._await(actor)
         self._complete(actor, pending, step)
-        if pending.kind in ("commit", "rollback"):
-            actor.holds_sqlite_writer = False
-            if pending.kind == "commit" and self.on_commit is not None:
-                self.on_commit(actor, step)
 
     def _await(self, actor: ActorRuntime) -> None:
         """Wait until the granted step completes, or mark it blocked on a lock."""
@@ -705,29 +768,29 @@ class Scheduler:
                 raise StuckRunError(f"{actor.name} neither finished nor waited on a lock")
 
     def _settle_blocked(self) -> None:
-        """Re-check blocked actors in a fixed order; a released one runs to its next gate."""
+        """Re-check, in a fixed order, every actor whose granted step waited on a lock, whatever
+        its status now: a released one has run on to its next gate (or its end), and its step's
+        outcome is recorded — rows, or a deadlock victim's error."""
         for actor in self.actors:
-            if actor.status != "blocked":
-                continue
-            with self.cv:
-                released = self.cv.wait_for(partial(_unblocked, actor), 0.001)
-            if released:
-                inflight = actor.inflight
-                if inflight is not None:
-                    self._note_step(actor, "unblocked", *inflight)
-                    self._complete(actor, *inflight)
-                continue
-            if db.is_waiting_for_lock(self.control, actor.session_id):
-                continue
+            if actor.inflight is not None:
+                self._settle(actor)
+
+    def _settle(self, actor: ActorRuntime) -> None:
+        """Record `unblocked` and the outcome of `actor`'s in-flight step if its wait ended."""
+        inflight = actor.inflight
+        assert inflight is not None
+        with self.cv:
+            released = self.cv.wait_for(partial(_unblocked, actor), 0.001)
+        if not released:
+            if actor.session_id and db.is_waiting_for_lock(self.control, actor.session_id):
+                return
             with self.cv:
                 if actor.status == "blocked":
                     actor.status = "running"
-            inflight = actor.inflight
-            if inflight is not None:
-                self._note_step(actor, "unblocked", *inflight)
-            self._await(actor)
-            if inflight is not None:
-                self._complete(actor, *inflight)
+        self._note_step(actor, "unblocked", *inflight)
+        actor.inflight = None
+        self._await(actor)
+        self._complete(actor, *inflight)  # blocked again (another lock): in flight again
 
     def _wait_for_deadlock_resolution(self, blocked: list[ActorRuntime]) -> None:
         """Every live actor waits on another: let the database's deadlock detector pick a
