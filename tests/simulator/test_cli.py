@@ -125,6 +125,14 @@ def test_s8_simulate_bad_scenario_file_exit_2(
     assert code == 2 and "schema_version 7" in err
 
 
+#: A small generated run that the seed_without_guard mutant makes invalid (I7).
+SHRINK_RUN = (
+    "simulate",
+    *("--seed", "3", "--apps", "1", "--processes", "2", "--tasks", "1"),
+    *("--service-instances", "0"),
+)
+
+
 def test_s7_simulate_shrink_writes_a_regression(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,17 +140,7 @@ def test_s7_simulate_shrink_writes_a_regression(
     MUTANTS["seed_without_guard"](monkeypatch)
     code, stdout, _ = _run(
         capsys,
-        "simulate",
-        "--seed",
-        "3",
-        "--apps",
-        "1",
-        "--processes",
-        "2",
-        "--tasks",
-        "1",
-        "--service-instances",
-        "0",
+        *SHRINK_RUN,
         "--out",
         str(tmp_path),
         "--shrink",
@@ -251,17 +249,7 @@ def test_s7_shrink_that_cannot_reproduce_is_a_one_line_error(
     monkeypatch.setattr(simulate_commands, "run_scenario", first_run_only)
     code, stdout, err = _run(
         capsys,
-        "simulate",
-        "--seed",
-        "3",
-        "--apps",
-        "1",
-        "--processes",
-        "2",
-        "--tasks",
-        "1",
-        "--service-instances",
-        "0",
+        *SHRINK_RUN,
         "--out",
         str(tmp_path),
         "--shrink",

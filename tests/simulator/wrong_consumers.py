@@ -12,7 +12,13 @@ from usageledger import db
 from usageledger.clock import Clock
 from usageledger.lifecycles import EVENT_TABLES
 from usageledger.reconstruct import source
-from usageledger.reconstruct.billing import BillingStateMachine, Ledger, Role, meaning_of
+from usageledger.reconstruct.billing import (
+    BillingStateMachine,
+    Ledger,
+    Role,
+    UsageEvent,
+    meaning_of,
+)
 from usageledger.simulator.consumers import ConsumerProgram, PollOutcome, StepClock
 
 
@@ -34,13 +40,16 @@ class NaiveMaxIdConsumer:
                 with db.transaction(engine, read_only=True) as conn:
                     events = source.fetch_after(conn, table, self.positions[table], batch_size)
                 for event in events:
-                    self.machine.apply(event)
+                    self._apply(event)
                 applied += len(events)
                 if events:
                     self.positions[table] = events[-1].id
                 if len(events) < batch_size:
                     break
         return PollOutcome(tuple(self.positions.items()), 0, 0, applied)
+
+    def _apply(self, event: UsageEvent) -> None:
+        self.machine.apply(event)
 
     def poll(self, source_engine: Engine, clock: Clock, batch_size: int) -> PollOutcome:
         return self._read(source_engine, batch_size)
@@ -98,21 +107,9 @@ class ResizeBlindConsumer(NaiveMaxIdConsumer):
 
     flavour = "resize_blind"
 
-    def _read(self, engine: Engine, batch_size: int) -> PollOutcome:
-        applied = 0
-        for table in EVENT_TABLES:
-            while True:
-                with db.transaction(engine, read_only=True) as conn:
-                    events = source.fetch_after(conn, table, self.positions[table], batch_size)
-                for event in events:
-                    if meaning_of(event).role is not Role.RESIZE:
-                        self.machine.apply(event)
-                applied += len(events)
-                if events:
-                    self.positions[table] = events[-1].id
-                if len(events) < batch_size:
-                    break
-        return PollOutcome(tuple(self.positions.items()), 0, 0, applied)
+    def _apply(self, event: UsageEvent) -> None:
+        if meaning_of(event).role is not Role.RESIZE:
+            self.machine.apply(event)
 
 
 def resize_blind_factory(name: str, folder: Path) -> ConsumerProgram:

@@ -150,22 +150,18 @@ def resolve_table(table: str | sa.Table) -> sa.Table:
     return found
 
 
+def _int_within(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def check_cleanup_options(cutoff_age_in_days: object, batch_size: object) -> None:
     """Reject bad option values before any work (exit 2, nothing written)."""
-    if (
-        not isinstance(cutoff_age_in_days, int)
-        or isinstance(cutoff_age_in_days, bool)
-        or not 0 <= cutoff_age_in_days <= MAX_CUTOFF_AGE_IN_DAYS
-    ):
+    if not _int_within(cutoff_age_in_days, 0, MAX_CUTOFF_AGE_IN_DAYS):
         raise BadInputError(
             f"cutoff age must be a whole number of days from 0 to {MAX_CUTOFF_AGE_IN_DAYS}, "
             f"got {cutoff_age_in_days!r}"
         )
-    if (
-        not isinstance(batch_size, int)
-        or isinstance(batch_size, bool)
-        or not 1 <= batch_size <= MAX_BATCH_SIZE
-    ):
+    if not _int_within(batch_size, 1, MAX_BATCH_SIZE):
         raise BadInputError(
             f"batch size must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}"
         )
