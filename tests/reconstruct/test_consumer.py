@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import pytest
@@ -610,3 +610,28 @@ def test_c2_holes_below_the_cleanup_watermark_need_no_grace_period(
     consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
     assert cursor_of(ledger, APP_USAGE_EVENTS) == 5
     assert {r.guid for r in stored(ledger).open_resources()} == {"p2", "p4"}
+
+
+def test_c2_a_cleanup_with_cutoff_0_settles_no_hole_before_a_grace_period(
+    engine: Engine, ledger: Engine, clock: SimulatedClock
+) -> None:
+    """C2: right after a cleanup with cutoff 0, a hole below its watermark may still be a
+    transaction in flight (cutoff 0 makes rows being committed old at once), so it waits out
+    the grace period as any hole does; once the cutoff is a grace period old it is settled."""
+    insert_app(
+        engine,
+        app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"),
+        app_row("TASK_STARTED", task_guid="t1", minute=1),
+        app_row("STOPPED", app_guid="p1", minute=2),
+        app_row("STARTED", app_guid="p2", minute=3, previous_state="STOPPED"),
+    )
+    with engine.begin() as conn:  # id 2: as if its transaction were still open
+        conn.execute(app_usage_events.delete().where(app_usage_events.c.id == 2))
+    cleanup_clock = SimulatedClock(datetime(2026, 6, 1, tzinfo=UTC))
+    retention.cleanup(engine, APP_USAGE_EVENTS, cutoff_age_in_days=0, clock=cleanup_clock)
+    assert _ids(engine) == [4]
+    result = consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
+    assert result.waiting_at[APP_USAGE_EVENTS] == consumer.IdRange(1, 3)
+    clock.advance(GRACE)
+    consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
+    assert cursor_of(ledger, APP_USAGE_EVENTS) == 4

@@ -163,6 +163,23 @@ def _fell_behind_retention(
     return lowest is not None and lowest > cursor.position
 
 
+def _settled_through(conn: Connection, table: str, now: datetime, grace: timedelta) -> int:
+    """C2: the id through which every hole is settled without waiting: the cleanup watermark,
+    once its cutoff is at least `grace` old.
+
+    A transaction still holding an id below the watermark allocated it before a row the cleanup
+    found older than its cutoff was written, so it has been open since before that cutoff: at
+    least as long as the grace period the consumer would wait anyway. A cleanup with a cutoff
+    of 0 settles nothing until a grace period has passed.
+    """
+    watermark = source.retention_watermark(conn, table)
+    if watermark is None:
+        return 0
+    through, cutoff = watermark
+    cutoff = cutoff.replace(tzinfo=UTC) if cutoff.tzinfo is None else cutoff
+    return through if now - cutoff >= grace else 0
+
+
 def _check_not_reset(conn: Connection, table: str, cursor: ledger_store.ConsumerCursor) -> None:
     """C1: refuse a source whose ids now end below the cursor.
 
@@ -215,7 +232,7 @@ def consume_batch(
             if plan.blocked_by is not None:
                 # Holes a cleanup pruned need no grace period (a fresh consumer on a pruned
                 # table would otherwise wait one out at its very first gap).
-                settled = source.pruned_through(sconn, table) or 0
+                settled = _settled_through(sconn, table, now, grace)
                 if settled >= plan.blocked_by.last:
                     plan = plan_read(
                         cursor.position, ids, known, now=now, grace=grace, settled_through=settled

@@ -7,6 +7,7 @@ long-lived server-side cursor, so the platform's cleanup and writers are never h
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -81,17 +82,23 @@ def highest_id(conn: Connection, table: str) -> int | None:
     return int(value) if value is not None else None
 
 
-def pruned_through(conn: Connection, table: str) -> int | None:
-    """The highest id any keep-running cleanup of `table` has planned to delete (C10), or None
-    where none ran or the platform database has no `usage_event_retention` table (a platform
-    whose cleanup keeps no watermark)."""
+def retention_watermark(conn: Connection, table: str) -> tuple[int, datetime] | None:
+    """The highest id any keep-running cleanup of `table` has planned to delete (C10) and the
+    cutoff of the run that raised it, or None where none ran or the platform database has no
+    `usage_event_retention` table (a platform whose cleanup keeps no watermark)."""
     if not db.has_table(conn, usage_event_retention.name):
         return None
     r = usage_event_retention.c
-    value = conn.execute(
-        sa.select(r.pruned_through_id).where(r.table_name == table)
-    ).scalar_one_or_none()
-    return int(value) if value is not None else None
+    row = conn.execute(
+        sa.select(r.pruned_through_id, r.cutoff).where(r.table_name == table)
+    ).first()
+    return (int(row.pruned_through_id), row.cutoff) if row is not None else None
+
+
+def pruned_through(conn: Connection, table: str) -> int | None:
+    """The watermark's id alone (see `retention_watermark`)."""
+    watermark = retention_watermark(conn, table)
+    return watermark[0] if watermark is not None else None
 
 
 def missing_ids(conn: Connection, table: str, ids: Sequence[int]) -> set[int]:
