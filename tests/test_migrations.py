@@ -121,7 +121,8 @@ def test_ledger_0002_keeps_existing_cursors_and_compares_keys_byte_for_byte(
     empty_db_url: URL,
 ) -> None:
     """C3, ledger migrations: a ledger at ledger_0001 with a cursor upgrades to head; the cursor
-    keeps its place, and on MariaDB the tables of a ledger made by an earlier release (the
+    keeps its place (ledger_0003 adds its last event's guid, empty until the next batch), and on
+    MariaDB the tables of a ledger made by an earlier release (the
     server's case-insensitive default) get the binary, no-pad collation. Downgrade to
     ledger_0001 and upgrade again round-trip."""
     ledger_tables = [t.name for t in LEDGER_TABLES]
@@ -143,8 +144,10 @@ def test_ledger_0002_keeps_existing_cursors_and_compares_keys_byte_for_byte(
         ledger_migrations.upgrade(engine)
         assert ledger_migrations.current(engine).up_to_date
         with engine.connect() as conn:
-            row = conn.execute(sa.text("SELECT position, last_event_id FROM ledger_cursors"))
-            assert [tuple(r) for r in row] == [(42, 41)]
+            row = conn.execute(
+                sa.text("SELECT position, last_event_id, last_event_guid FROM ledger_cursors")
+            )
+            assert [tuple(r) for r in row] == [(42, 41, None)]  # ledger_0003's column, empty
             if mariadb:
                 collations = conn.execute(
                     sa.text(

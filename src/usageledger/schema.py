@@ -374,6 +374,8 @@ ledger_cursors = Table(
     Column("source_table", String(64), primary_key=True),
     Column("position", BigInteger, nullable=False),
     Column("last_event_id", BigInteger, nullable=True),
+    # The guid of that event: a source table recreated since shows another guid at that id (C1).
+    Column("last_event_guid", String(255), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
     **LEDGER_TABLE_OPTIONS,
 )

@@ -555,6 +555,15 @@ def test_c1_a_source_table_whose_ids_restarted_is_refused(
     assert "highest id is now 1" in str(raised.value) and "\n" not in str(raised.value)
     assert stored(separate_ledger) == before
     assert cursor_of(separate_ledger, APP_USAGE_EVENTS) == 6
+    # Grown past the old cursor: the highest id no longer tells, the guid at id 6 does.
+    insert_app(
+        engine,
+        *(app_row("TASK_STARTED", task_guid=f"n{i}", minute=21 + i) for i in range(7)),
+    )
+    with pytest.raises(SourceResetError) as raised:
+        consumer.consume(engine, separate_ledger, clock=clock, grace=NO_GRACE)
+    assert "its event 6 is now another event" in str(raised.value)
+    assert stored(separate_ledger) == before
 
 
 def test_c1_a_cleanup_that_took_the_newest_row_is_no_reset(

@@ -180,26 +180,38 @@ def _settled_through(conn: Connection, table: str, now: datetime, grace: timedel
     return through if now - cutoff >= grace else 0
 
 
-def _check_not_reset(conn: Connection, table: str, cursor: ledger_store.ConsumerCursor) -> None:
-    """C1: refuse a source whose ids now end below the cursor.
+def _check_not_reset(
+    conn: Connection, table: str, cursor: ledger_store.ConsumerCursor, *, empty: bool
+) -> None:
+    """C1: refuse a source table that was recreated (or had its ids restarted) since this
+    consumer read it; reading on from the old cursor would skip every new event up to it.
 
-    Ids only grow, and retention keeps the newest row (R2), so a non-empty table whose highest
-    id is below what this consumer already passed was recreated (a schema reset) or had its ids
-    restarted. Reading on from the old cursor would skip every new event up to it, silently.
-    A cleanup told not to keep the newest row leaves its watermark at or above the cursor,
-    which is no reset.
+    Two signs. The row at the cursor's last applied id, where it is still there, carries another
+    guid (one primary-key lookup per batch). And, with nothing left to read: ids only grow and
+    retention keeps the newest row (R2), so a non-empty table whose highest id is below the
+    cursor was recreated. A cleanup told not to keep the newest row leaves its watermark at or
+    above the cursor, which is no reset.
     """
+    if cursor.last_event_id is not None and cursor.last_event_guid is not None:
+        found = source.guid_at(conn, table, cursor.last_event_id)
+        if found is not None and found != cursor.last_event_guid:
+            raise _reset(cursor, table, f"its event {cursor.last_event_id} is now another event")
+    if not empty or cursor.position == 0:
+        return
     highest = source.highest_id(conn, table)
     if highest is None or highest >= cursor.position:
         return
     pruned = source.pruned_through(conn, table)
     if pruned is None or pruned < cursor.position:
-        raise SourceResetError(
-            f"consumer {cursor.consumer!r} stands at {table} id {cursor.position}, but the table's "
-            f"highest id is now {highest}: the table was recreated or its ids restarted, and this "
-            "ledger belongs to its old history; use a new --consumer name or a new --ledger-db "
-            "(see docs/consumer-rules.md, C1)"
-        )
+        raise _reset(cursor, table, f"the table's highest id is now {highest}")
+
+
+def _reset(cursor: ledger_store.ConsumerCursor, table: str, sign: str) -> SourceResetError:
+    return SourceResetError(
+        f"consumer {cursor.consumer!r} stands at {table} id {cursor.position}, but {sign}: the "
+        "table was recreated or its ids restarted, and this ledger belongs to its old history; "
+        "use a new --consumer name or a new --ledger-db (see docs/consumer-rules.md, C1)"
+    )
 
 
 def consume_batch(
@@ -224,8 +236,7 @@ def consume_batch(
         known = ledger_store.open_gaps(lconn, consumer, table)
         with db.transaction(source_engine, read_only=True) as sconn:
             rows, top = source.fetch_rows(sconn, table, cursor.position, batch_size)
-            if not rows and cursor.position > 0:
-                _check_not_reset(sconn, table, cursor)
+            _check_not_reset(sconn, table, cursor, empty=not rows)
             ids = [row[0] for row in rows]
             plan = plan_read(cursor.position, ids, known, now=now, grace=grace)
             settled = 0
@@ -278,10 +289,11 @@ def consume_batch(
             now=now,
             known=known,
         )
-        last_event_id = applied[-1][0] if applied else cursor.last_event_id
-        ledger_store.write_cursor(
-            lconn, attrs.evolve(cursor, position=plan.position, last_event_id=last_event_id), now
-        )
+        moved = attrs.evolve(cursor, position=plan.position)
+        if applied:  # the row tuples of both tables begin with (id, guid, …)
+            last = applied[-1]
+            moved = attrs.evolve(moved, last_event_id=last[0], last_event_guid=last[1])
+        ledger_store.write_cursor(lconn, moved, now)
     if plan.blocked_by is not None:
         log.info(
             "consumer %s waits at %s ids %d..%d (grace period, C2)",

@@ -55,6 +55,7 @@ class ConsumerCursor:
     table: str
     position: int
     last_event_id: int | None
+    last_event_guid: str | None = None
 
 
 def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -70,6 +71,7 @@ def _new_cursor_row(consumer: str, table: str, now: datetime) -> dict[str, Any]:
         "source_table": table,
         "position": 0,
         "last_event_id": None,
+        "last_event_guid": None,
         "updated_at": now,
     }
 
@@ -101,14 +103,16 @@ def lock_cursor(conn: Connection, consumer: str, table: str, now: datetime) -> C
     created at position 0 on first use (see `ensure_cursor` for two first uses at once)."""
     c = ledger_cursors.c
     row = conn.execute(
-        sa.select(c.position, c.last_event_id)
+        sa.select(c.position, c.last_event_id, c.last_event_guid)
         .where(c.consumer == consumer, c.source_table == table)
         .with_for_update()
     ).first()
     if row is None:
         conn.execute(ledger_cursors.insert().values(**_new_cursor_row(consumer, table, now)))
         return ConsumerCursor(consumer, table, 0, None)
-    return ConsumerCursor(consumer, table, int(row.position), row.last_event_id)
+    return ConsumerCursor(
+        consumer, table, int(row.position), row.last_event_id, row.last_event_guid
+    )
 
 
 def write_cursor(conn: Connection, cursor: ConsumerCursor, now: datetime) -> None:
@@ -116,19 +120,27 @@ def write_cursor(conn: Connection, cursor: ConsumerCursor, now: datetime) -> Non
     conn.execute(
         ledger_cursors.update()
         .where(c.consumer == cursor.consumer, c.source_table == cursor.table)
-        .values(position=cursor.position, last_event_id=cursor.last_event_id, updated_at=now)
+        .values(
+            position=cursor.position,
+            last_event_id=cursor.last_event_id,
+            last_event_guid=cursor.last_event_guid,
+            updated_at=now,
+        )
     )
 
 
 def read_cursors(conn: Connection, consumer: str) -> list[ConsumerCursor]:
     c = ledger_cursors.c
     rows = conn.execute(
-        sa.select(c.source_table, c.position, c.last_event_id)
+        sa.select(c.source_table, c.position, c.last_event_id, c.last_event_guid)
         .where(c.consumer == consumer)
         .order_by(c.source_table)
     ).all()
     return [
-        ConsumerCursor(consumer, r.source_table, int(r.position), r.last_event_id) for r in rows
+        ConsumerCursor(
+            consumer, r.source_table, int(r.position), r.last_event_id, r.last_event_guid
+        )
+        for r in rows
     ]
 
 

@@ -76,6 +76,13 @@ def lowest_id(conn: Connection, table: str) -> int | None:
     return int(value) if value is not None else None
 
 
+def guid_at(conn: Connection, table: str, event_id: int) -> str | None:
+    """The guid of the row with this id, or None where there is none (pruned, or never)."""
+    source = EVENT_TABLES[table]
+    value = conn.execute(sa.select(source.c.guid).where(source.c.id == event_id)).scalar()
+    return str(value) if value is not None else None
+
+
 def highest_id(conn: Connection, table: str) -> int | None:
     source = EVENT_TABLES[table]
     value = conn.execute(sa.select(sa.func.max(source.c.id))).scalar()
