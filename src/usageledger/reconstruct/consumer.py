@@ -175,8 +175,7 @@ def _settled_through(conn: Connection, table: str, now: datetime, grace: timedel
     watermark = source.retention_watermark(conn, table)
     if watermark is None:
         return 0
-    through, cutoff = watermark
-    cutoff = cutoff.replace(tzinfo=UTC) if cutoff.tzinfo is None else cutoff
+    through, cutoff = watermark  # cutoff: aware UTC (schema.UTCDateTime)
     return through if now - cutoff >= grace else 0
 
 

@@ -71,9 +71,7 @@ def ids_after(conn: Connection, table: str, after_id: int, limit: int) -> list[i
 
 
 def lowest_id(conn: Connection, table: str) -> int | None:
-    source = EVENT_TABLES[table]
-    value = conn.execute(sa.select(sa.func.min(source.c.id))).scalar()
-    return int(value) if value is not None else None
+    return _id_bound(conn, table, sa.func.min)
 
 
 def guid_at(conn: Connection, table: str, event_id: int) -> str | None:
@@ -84,8 +82,11 @@ def guid_at(conn: Connection, table: str, event_id: int) -> str | None:
 
 
 def highest_id(conn: Connection, table: str) -> int | None:
-    source = EVENT_TABLES[table]
-    value = conn.execute(sa.select(sa.func.max(source.c.id))).scalar()
+    return _id_bound(conn, table, sa.func.max)
+
+
+def _id_bound(conn: Connection, table: str, bound: Any) -> int | None:
+    value = conn.execute(sa.select(bound(EVENT_TABLES[table].c.id))).scalar()
     return int(value) if value is not None else None
 
 
