@@ -3,6 +3,9 @@ idempotently; an invalid index from an interrupted PostgreSQL build is rebuilt (
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -18,7 +21,8 @@ def _tables(engine: sa.Engine) -> set[str]:
 
 
 def test_upgrade_downgrade_upgrade_round_trip(empty_db_url: URL) -> None:
-    """Schema: upgrade → downgrade base → upgrade leaves the full schema at head each time."""
+    """§1, §9 (`db upgrade`, `db downgrade`): upgrade → downgrade base → upgrade leaves the
+    full schema at head each time."""
     engine = db.make_engine(empty_db_url, create=True)
     try:
         with pytest.raises(SchemaMissingError, match="usageledger db upgrade"):
@@ -47,7 +51,8 @@ def test_upgrade_downgrade_upgrade_round_trip(empty_db_url: URL) -> None:
 
 
 def test_lifecycle_index_creation_is_idempotent(empty_db_url: URL) -> None:
-    """Lifecycle indexes: building them again when they exist changes nothing and does not fail."""
+    """§1 lifecycle indexes: building them again when they exist changes nothing and does not
+    fail."""
     engine = db.make_engine(empty_db_url, create=True)
     try:
         migrations.upgrade(engine)
@@ -62,7 +67,7 @@ def test_lifecycle_index_creation_is_idempotent(empty_db_url: URL) -> None:
 
 
 def test_invalid_concurrent_index_is_rebuilt(empty_db_url: URL, backend: db.Backend) -> None:
-    """Lifecycle index on PostgreSQL: an invalid index left by an interrupted CONCURRENTLY build
+    """§1 lifecycle index on PostgreSQL: an invalid index left by an interrupted CONCURRENTLY build
     is detected and rebuilt with the right columns, not accepted as done."""
     if backend is not db.Backend.POSTGRESQL:
         pytest.skip("only PostgreSQL builds indexes concurrently and can leave an invalid one")
@@ -106,7 +111,7 @@ def test_invalid_concurrent_index_is_rebuilt(empty_db_url: URL, backend: db.Back
 
 
 def test_downgrade_to_unknown_revision_is_bad_input(empty_db_url: URL) -> None:
-    """`db downgrade REV` with an unknown revision is bad input and changes nothing."""
+    """§9: `db downgrade REV` with an unknown revision is bad input and changes nothing."""
     engine = db.make_engine(empty_db_url, create=True)
     try:
         migrations.upgrade(engine)
@@ -160,5 +165,81 @@ def test_ledger_0002_keeps_existing_cursors_and_compares_keys_byte_for_byte(
         assert ledger_migrations.current(engine).current == "ledger_0001"
         ledger_migrations.upgrade(engine)
         assert ledger_migrations.current(engine).up_to_date
+    finally:
+        engine.dispose()
+
+
+#: Upgrade from a process of its own: Alembic keeps its running context in module globals, so
+#: two upgrades in threads of one process would share it. `{module}` is `migrations` or
+#: `migrations.ledger`.
+_CHILD = """
+import sys
+from usageledger import db
+from usageledger.{module} import upgrade
+sys.stdin.readline()  # all children start together
+engine = db.make_engine(sys.argv[1], create=True)
+try:
+    upgrade(engine)
+except Exception as exc:
+    print(db.one_line(exc))
+    sys.exit(1)
+"""
+
+
+def _upgrade_at_once(url: URL, module: str, runs: int) -> list[str]:
+    """Run `usageledger.{module}.upgrade` in `runs` processes released together; return the
+    errors they printed."""
+    url_text = url.render_as_string(hide_password=False)
+    code = _CHILD.format(module=module)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, url_text],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(runs)
+    ]
+    for child in children:  # the line releases each child once all of them are started
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    errors = []
+    for child in children:
+        out, _ = child.communicate(timeout=180)
+        if child.returncode != 0:
+            lines = out.strip().splitlines() or [f"exit {child.returncode}"]
+            errors.append(lines[-1])
+    return errors
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_concurrent_first_upgrades_all_succeed(empty_db_url: URL, attempt: int) -> None:
+    """§9 (`db upgrade`): several upgrades of one empty database at once — instances of a
+    deploy each migrating on start — take turns: every one succeeds and the schema is at head
+    once. Without the migration lock they raced: "relation already exists" on PostgreSQL, and
+    on MariaDB, whose DDL commits at once, tables left without a revision."""
+    db.make_engine(empty_db_url, create=True).dispose()
+    assert _upgrade_at_once(empty_db_url, "migrations", runs=3) == []
+    engine = db.make_engine(empty_db_url)
+    try:
+        migrations.require_schema(engine)
+        ledger = {t.name for t in LEDGER_TABLES}
+        assert {t.name for t in metadata.sorted_tables} - ledger <= _tables(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_concurrent_first_consumers_create_the_ledger_once(empty_db_url: URL, attempt: int) -> None:
+    """C14: consumers started at once on a new ledger database each create the ledger if it is
+    missing (`consume` does, on first use); they take turns, and every one finds it at head."""
+    db.make_engine(empty_db_url, create=True).dispose()
+    assert _upgrade_at_once(empty_db_url, "migrations.ledger", runs=3) == []
+    engine = db.make_engine(empty_db_url)
+    try:
+        ledger_migrations.require_ledger_schema(engine)
+        assert {t.name for t in LEDGER_TABLES} <= _tables(engine)
     finally:
         engine.dispose()

@@ -12,8 +12,9 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -39,6 +40,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: MariaDB's GET_LOCK is asked with this positive timeout and retried while waiting (SPEC B8:
 #: a negative timeout returns NULL on MariaDB instead of waiting).
 MARIADB_LOCK_POLL_SECONDS = 5
+#: How often a PostgreSQL run lock is tried again while another session holds it.
+POSTGRESQL_LOCK_POLL_SECONDS = 0.2
 
 
 class Backend(StrEnum):
@@ -293,9 +296,16 @@ def transaction(
         if options:
             conn = conn.execution_options(**options)
         with conn.begin():
-            if read_only and backend is not Backend.SQLITE:
-                conn.execute(sa.text("SET TRANSACTION READ ONLY"))
+            if read_only:
+                _declare_read_only(conn)
             yield conn
+
+
+def _declare_read_only(conn: Connection) -> None:
+    """Make the server refuse writes in the transaction just begun (SQLite needs nothing: its
+    read-only BEGIN takes no write lock, see `make_engine`)."""
+    if backend_of(conn) is not Backend.SQLITE:
+        conn.execute(sa.text("SET TRANSACTION READ ONLY"))
 
 
 def new_guid() -> str:
@@ -427,13 +437,17 @@ def _acquire(engine: Engine, name: str, *, wait: bool) -> RunLock | None:
     try:
         if backend is Backend.POSTGRESQL:
             key: int | str = _lock_key(name)
-            if wait:
-                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                got = True
-            else:
+            # Waiting polls instead of blocking in pg_advisory_lock: a blocked statement holds a
+            # snapshot, and a holder whose migration builds an index CONCURRENTLY waits for
+            # every older snapshot in the database, so it would wait for its own waiters, a
+            # deadlock PostgreSQL cannot see (the cycle passes through the holder's client).
+            while True:
                 got = bool(
                     conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
                 )
+                if got or not wait:
+                    break
+                time.sleep(POSTGRESQL_LOCK_POLL_SECONDS)
         else:
             key = _mariadb_lock_name(name, engine.url.database)
             # A positive timeout, and success only when GET_LOCK says 1 (0 = timed out,
@@ -505,6 +519,19 @@ def run_lock(engine: Engine, name: str, *, wait: bool) -> RunLock:
             "wait for it to finish or pass --wait"
         )
     return lock
+
+
+@contextmanager
+def taking_turns(engine: Engine, name: str, what: str) -> Iterator[None]:
+    """Hold the run lock `name` for the block, waiting (and saying so) while another process
+    holds it: for work that is safe to repeat but not to run twice at once, such as migrations
+    that several instances of a deploy start together."""
+    lock = try_run_lock(engine, name)
+    if lock is None:
+        log.warning("waiting for another %s on %s to finish", what, display_url(engine.url))
+        lock = wait_run_lock(engine, name)
+    with lock:
+        yield
 
 
 # --- databases for test runs --------------------------------------------------------------
@@ -766,11 +793,13 @@ def use_read_committed(conn: Connection) -> None:
 
 @contextmanager
 def read_only_transaction(conn: Connection) -> Iterator[Connection]:
-    """A read-only transaction on an existing connection (SQLite: a plain BEGIN, no write lock)."""
+    """A read-only transaction on an existing connection: declared READ ONLY on PostgreSQL and
+    MariaDB; on SQLite a plain BEGIN, no write lock."""
     previous = bool(conn.get_execution_options().get(READ_ONLY_OPTION))
     conn.execution_options(**{READ_ONLY_OPTION: True})
     try:
         with conn.begin():
+            _declare_read_only(conn)
             yield conn
     finally:
         conn.execution_options(**{READ_ONLY_OPTION: previous})
@@ -787,7 +816,7 @@ def psycopg_streams_in_chunks() -> bool:
 
 def stream_rows(
     conn: Connection, statement: sa.Select[*tuple[Any, ...]], chunk_rows: int
-) -> Iterator[list[tuple[Any, ...]]]:
+) -> Generator[list[tuple[Any, ...]], None, None]:
     """The rows of one query as the driver's tuples, in chunks of `chunk_rows`, fetched while
     the server is still producing the rest (the cleanup's decision walk reads every row of a
     large id range this way: the server's work and the client's fold overlap).

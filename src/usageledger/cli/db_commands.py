@@ -29,8 +29,10 @@ def upgrade(
     """Apply migrations up to REVISION (default: head). Creates a SQLite file if needed."""
     engine = open_engine(db_url, create=True, need_schema=False)
     try:
-        before = migrations.current(engine).current
-        migrations.upgrade(engine, revision, skip_was_running_backfill=skip_was_running_backfill)
+        migrated = migrations.upgrade(
+            engine, revision, skip_was_running_backfill=skip_was_running_backfill
+        )
+        before = migrated.before
         status = migrations.current(engine)
     finally:
         engine.dispose()
@@ -91,8 +93,7 @@ def downgrade(revision: str, db_url: str | None, as_json: bool) -> None:
     ledger tables in the same database stay)."""
     engine = open_engine(db_url, need_schema=False)
     try:
-        before = migrations.current(engine).current
-        migrations.downgrade(engine, revision)
+        before = migrations.downgrade(engine, revision).before
         status = migrations.current(engine)
     finally:
         engine.dispose()

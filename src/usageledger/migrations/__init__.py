@@ -18,11 +18,16 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Engine
 
+from usageledger import db
 from usageledger.db import PLATFORM_VERSION_TABLE, display_url
 from usageledger.errors import BadInputError, SchemaMissingError
 from usageledger.schema import EVENT_TABLES, metadata
 
 VERSION_TABLE = PLATFORM_VERSION_TABLE
+#: The run lock that makes upgrades and downgrades of one database take turns. Two at once
+#: would both find a revision missing and both apply it: on PostgreSQL one then fails, on
+#: MariaDB (whose DDL commits statement by statement) both can fail halfway.
+MIGRATION_LOCK = "schema-migrations"
 
 #: Set to 1 to apply the seed migrations without seeding (SPEC B9); `usageledger backfill` later.
 ENV_SKIP_WAS_RUNNING_BACKFILL = "USAGELEDGER_SKIP_WAS_RUNNING_BACKFILL"
@@ -118,22 +123,38 @@ def _run(engine: Engine, action: str, revision: str, **attributes: object) -> No
         raise BadInputError(f"cannot {action} to {revision!r}: {exc}") from None
 
 
+@attrs.frozen
+class Migrated:
+    """The revisions before and after an upgrade or downgrade, read while holding the lock."""
+
+    before: str | None
+    after: str | None
+
+
 def upgrade(
     engine: Engine, revision: str = "head", *, skip_was_running_backfill: bool = False
-) -> None:
-    """Apply every migration up to `revision`.
+) -> Migrated:
+    """Apply every migration up to `revision`, after any other upgrade or downgrade of this
+    database has finished (`MIGRATION_LOCK`).
 
     The seed migrations run the backfill unless `skip_was_running_backfill` is true or
     `$USAGELEDGER_SKIP_WAS_RUNNING_BACKFILL` is 1; skipped, they are still recorded as applied.
     """
     skip = skip_was_running_backfill or os.environ.get(ENV_SKIP_WAS_RUNNING_BACKFILL) == "1"
-    _check_upgradable(engine, current(engine))
-    _run(engine, "upgrade", revision, **{SKIP_WAS_RUNNING_BACKFILL: skip})
+    with db.taking_turns(engine, MIGRATION_LOCK, "schema migration"):
+        before = current(engine)
+        _check_upgradable(engine, before)
+        _run(engine, "upgrade", revision, **{SKIP_WAS_RUNNING_BACKFILL: skip})
+        return Migrated(before.current, current(engine).current)
 
 
-def downgrade(engine: Engine, revision: str) -> None:
-    """Undo migrations down to `revision` (`base` removes the schema)."""
-    _run(engine, "downgrade", revision)
+def downgrade(engine: Engine, revision: str) -> Migrated:
+    """Undo migrations down to `revision` (`base` removes the schema), one migration run of
+    this database at a time."""
+    with db.taking_turns(engine, MIGRATION_LOCK, "schema migration"):
+        before = current(engine).current
+        _run(engine, "downgrade", revision)
+        return Migrated(before, current(engine).current)
 
 
 def require_schema(engine: Engine) -> None:

@@ -17,10 +17,14 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Engine
 
+from usageledger import db
 from usageledger.db import LEDGER_VERSION_TABLE, display_url
 from usageledger.errors import BadInputError, SchemaMissingError
 
 VERSION_TABLE = LEDGER_VERSION_TABLE
+#: Consumers create the ledger on first use, so several started together would otherwise
+#: create its tables at once (see `usageledger.migrations.MIGRATION_LOCK`).
+MIGRATION_LOCK = "ledger-migrations"
 
 
 def _config() -> Config:
@@ -68,13 +72,19 @@ def _run(engine: Engine, action: str, revision: str) -> None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Create or migrate the ledger tables up to `revision`."""
-    _run(engine, "upgrade", revision)
+    """Create or migrate the ledger tables up to `revision`, one migration run at a time.
+
+    A ledger already at head (every consumer start after the first) takes no lock."""
+    if revision == "head" and current(engine).up_to_date:
+        return
+    with db.taking_turns(engine, MIGRATION_LOCK, "ledger migration"):
+        _run(engine, "upgrade", revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Undo ledger migrations down to `revision` (`base` drops the ledger tables)."""
-    _run(engine, "downgrade", revision)
+    with db.taking_turns(engine, MIGRATION_LOCK, "ledger migration"):
+        _run(engine, "downgrade", revision)
 
 
 def require_ledger_schema(engine: Engine) -> None:
