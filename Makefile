@@ -31,7 +31,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests bench
 
 typecheck: setup
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy
 
 check: lint typecheck test
 

@@ -214,7 +214,7 @@ def _copy(engine: Engine, table: str, columns: list[str], rows: Iterator[tuple[A
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
-        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         raw.commit()
@@ -285,7 +285,7 @@ def peak_rss_mb() -> float:
 
 #: Where the child's time goes: the functions `consume_batch` calls, by phase (timed per call,
 #: i.e. per batch, so the timing itself costs nothing per event).
-PHASES = {
+PHASES: dict[str, list[tuple[object, str]]] = {
     "read": [(source, "fetch_rows")],
     "fold": [(consumer, "resources_of_rows"), (billing.RowFold, "apply_rows")],
     "ledger: take states": [(ledger_store, "take_states")],

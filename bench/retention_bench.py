@@ -277,9 +277,11 @@ def run_cleanup(
     batches: list[list[int]] = []
     delete_batch = retention_run._delete_batch
 
-    def noting(conn: Connection, t: sa.Table, groups: Mapping[str, list[int]]) -> dict[str, int]:
+    def noting(
+        conn: Connection, table: sa.Table, groups: Mapping[str, list[int]]
+    ) -> dict[str, int]:
         batches.append([row_id for ids in groups.values() for row_id in ids])
-        return delete_batch(conn, t, groups)
+        return delete_batch(conn, table, groups)
 
     retention_run._delete_batch = noting
     try:
@@ -406,7 +408,9 @@ def run_peer(
 def plans(engine: Engine, table: sa.Table, batch_size: int) -> dict[str, list[str]]:
     cutoff = NOW - timedelta(days=CUTOFF_DAYS)
     with engine.connect() as conn:
-        newest_old = int(conn.execute(newest_old_id_query(table, cutoff=cutoff)).scalar_one())
+        found_old = conn.execute(newest_old_id_query(table, cutoff=cutoff)).scalar_one()
+        assert found_old is not None  # the filled table always has old rows
+        newest_old = int(found_old)
         newest = int(conn.execute(sa.select(sa.func.max(table.c.id))).scalar_one())
         found: dict[str, list[str]] = {
             "newest old id": db.explain(conn, newest_old_id_query(table, cutoff=cutoff))

@@ -208,6 +208,7 @@ def test_spec_1_ids_never_reused_after_delete(engine: Engine) -> None:
         second = conn.execute(
             app_usage_events.insert().values(_event("g2", moment))
         ).inserted_primary_key
+    assert first is not None and second is not None
     with engine.begin() as conn:
         conn.execute(app_usage_events.delete().where(app_usage_events.c.id == second[0]))
     # A new connection, so no driver-side cache hides what the database would reuse.
@@ -216,6 +217,7 @@ def test_spec_1_ids_never_reused_after_delete(engine: Engine) -> None:
         third = conn.execute(
             app_usage_events.insert().values(_event("g3", moment))
         ).inserted_primary_key
+    assert third is not None
     assert first[0] < second[0] < third[0]
 
 

@@ -104,7 +104,7 @@ def test_b2_only_an_older_closed_run_on_record_still_gets_a_baseline(engine: Eng
     producer.start_process(engine, process)
     # The old cleanup deleted the start of the current run but kept the older closed run.
     with engine.begin() as conn:
-        last_start = conn.execute(
+        last_start: int = conn.execute(
             sa.select(sa.func.max(sa.column("id")))
             .select_from(sa.table("app_usage_events"))
             .where(sa.column("state") == "STARTED")

@@ -61,7 +61,7 @@ def _is_gate_query(statement: str, parameters: object) -> bool:
 
 def _commit_baseline_before_the_gate(
     conn: Connection, backfill_engine: Engine, task: str, app: str
-) -> list[str]:
+) -> list[tuple[str, str]]:
     """Arrange for the backfill to commit a TASK_WAS_RUNNING right before `conn` sends the gate
     query; returns the (statement, parameters) `conn` sends, filled as they go."""
     sent: list[tuple[str, str]] = []

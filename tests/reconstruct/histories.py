@@ -95,7 +95,9 @@ def _insert(
         with bind.begin() as conn:
             return _insert(conn, table, rows)
     for row in rows:
-        ids.append(int(bind.execute(table.insert().values(**row)).inserted_primary_key[0]))
+        key = bind.execute(table.insert().values(**row)).inserted_primary_key
+        assert key is not None
+        ids.append(int(key[0]))
     return ids
 
 

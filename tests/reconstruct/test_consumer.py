@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -17,6 +18,7 @@ from usageledger.errors import FellBehindRetentionError, SourceResetError
 from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS
 from usageledger.reconstruct import consumer, ledger_store
 from usageledger.reconstruct.billing import Ledger, fold
+from usageledger.reconstruct.gaps import IdRange
 from usageledger.reconstruct.source import read_all_events
 from usageledger.schema import (
     app_usage_events,
@@ -432,7 +434,7 @@ def test_c1_a_new_consumer_name_used_twice_at_once_creates_one_cursor(
     errors: list[BaseException] = []
     real_new_row = ledger_store._new_cursor_row
 
-    def both_saw_no_cursor(*args):  # type: ignore[no-untyped-def]
+    def both_saw_no_cursor(*args: Any) -> dict[str, Any]:
         barrier.wait(timeout=10)  # both runs have looked and found no cursor
         return real_new_row(*args)
 
@@ -614,7 +616,7 @@ def test_c2_holes_below_the_cleanup_watermark_need_no_grace_period(
     result = consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
     assert result.fell_behind == ()
     assert cursor_of(ledger, APP_USAGE_EVENTS) == 3  # past 1..2 at once, waiting at 4
-    assert result.waiting_at[APP_USAGE_EVENTS] == consumer.IdRange(4, 4)
+    assert result.waiting_at[APP_USAGE_EVENTS] == IdRange(4, 4)
     clock.advance(GRACE)
     consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
     assert cursor_of(ledger, APP_USAGE_EVENTS) == 5
@@ -640,7 +642,7 @@ def test_c2_a_cleanup_with_cutoff_0_settles_no_hole_before_a_grace_period(
     retention.cleanup(engine, APP_USAGE_EVENTS, cutoff_age_in_days=0, clock=cleanup_clock)
     assert _ids(engine) == [4]
     result = consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
-    assert result.waiting_at[APP_USAGE_EVENTS] == consumer.IdRange(1, 3)
+    assert result.waiting_at[APP_USAGE_EVENTS] == IdRange(1, 3)
     clock.advance(GRACE)
     consumer.consume(engine, ledger, clock=clock, grace=GRACE, tables=[APP_USAGE_EVENTS])
     assert cursor_of(ledger, APP_USAGE_EVENTS) == 4

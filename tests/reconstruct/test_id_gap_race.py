@@ -52,11 +52,13 @@ def test_c2_id_gap_race_reference_bills_both_naive_loses_one(
     naive = NaiveMaxIdCursor()
     with engine.connect() as holder:
         held = holder.begin()
-        a_id = holder.execute(
+        a_key = holder.execute(
             app_usage_events.insert().values(
                 **app_row("STARTED", app_guid="A", minute=0, previous_state="STOPPED")
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert a_key is not None
+        a_id = a_key[0]
         (b_id,) = insert_app(
             engine, app_row("STARTED", app_guid="B", minute=1, previous_state="STOPPED")
         )

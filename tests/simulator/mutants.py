@@ -11,7 +11,7 @@ import attrs
 import pytest
 import sqlalchemy as sa
 
-from usageledger import db, retention
+from usageledger import db, retention, schema
 from usageledger.backfill import kinds, repair, run
 from usageledger.backfill.window import NOW, in_window
 from usageledger.lifecycles import TASK
@@ -90,7 +90,7 @@ def canceling_running_for_seed_only(mp: pytest.MonkeyPatch) -> None:
 
         def narrowed(self: Any, guid: Any, original: Any = original) -> Any:
             if self.name == "task":
-                self = attrs.evolve(self, running=kinds.tasks.c.state.in_(("RUNNING",)))
+                self = attrs.evolve(self, running=schema.tasks.c.state.in_(("RUNNING",)))
             return original(self, guid)
 
         mp.setattr(kinds.ResourceKind, name, narrowed)

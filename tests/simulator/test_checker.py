@@ -34,7 +34,13 @@ def fp(instances: int = 1, memory: int = 256) -> Footprint:
 
 
 def seg(
-    start: float, end: float | None, footprint: Footprint | None = None, **flags: bool
+    start: float,
+    end: float | None,
+    footprint: Footprint | None = None,
+    *,
+    start_is_lower_bound: bool = False,
+    end_is_repaired: bool = False,
+    approximate_size: bool = False,
 ) -> Segment:
     return Segment(
         kind="app",
@@ -45,7 +51,9 @@ def seg(
         opened_by_id=1,
         opened_by_guid="e1",
         closed_by_id=None if end is None else 2,
-        **flags,
+        start_is_lower_bound=start_is_lower_bound,
+        end_is_repaired=end_is_repaired,
+        approximate_size=approximate_size,
     )
 
 
@@ -248,7 +256,7 @@ def test_i3_task_end_lost_to_a_purge_is_expected_not_invalid() -> None:
     ending = TaskEnding(committed[1], start_step=9, wrote_stop=False, was_running=True)
 
     def verdict_with(purge_steps: tuple[int, int] | None) -> tuple[Verdict, list[str]]:
-        cleanups = ()
+        cleanups: tuple[CleanupObservation, ...] = ()
         if purge_steps is not None:
             cleanups = (
                 CleanupObservation(

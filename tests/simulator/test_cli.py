@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.simulator.mutants import MUTANTS
 from usageledger import db
 from usageledger.cli import cli, simulate_commands
 from usageledger.cli.root import run
+from usageledger.simulator.run import RunResult, run_scenario
 from usageledger.simulator.shrink import load_regression
 
 SMALL = ["--apps", "2", "--processes", "3", "--tasks", "3", "--service-instances", "1"]
@@ -238,11 +240,11 @@ def test_s7_shrink_that_cannot_reproduce_is_a_one_line_error(
     `error:` line (exit 1), no traceback, and the run's report is still written."""
     patch = pytest.MonkeyPatch()
     MUTANTS["seed_without_guard"](patch)
-    real = simulate_commands.run_scenario
+    real = run_scenario
 
-    def first_run_only(*args: object, **kwargs: object) -> object:
+    def first_run_only(*args: Any, **kwargs: Any) -> RunResult:
         try:
-            return real(*args, **kwargs)  # type: ignore[arg-type]
+            return real(*args, **kwargs)
         finally:
             patch.undo()  # every shrink candidate runs the real code: nothing fails
 

@@ -66,7 +66,10 @@ def _progress(enabled: bool) -> Iterator[retention.OnBatch | None]:
 def result_document(
     results: tuple[retention.CleanupResult, ...], *, cutoff_age_in_days: int, batch_size: int
 ) -> dict[str, Any]:
-    """The JSON document: snake_case keys, ISO-8601 UTC cutoff, counts per pass and lifecycle."""
+    """The JSON document: snake_case keys, ISO-8601 UTC cutoff, counts per pass and lifecycle.
+
+    A dry run's document has the same keys, its counts being the rows the run would delete,
+    and says `"dry_run": true`."""
     tables: dict[str, Any] = {}
     for result in results:
         tables[result.table] = {
@@ -81,6 +84,7 @@ def result_document(
         }
     first = results[0]
     return {
+        "dry_run": first.dry_run,
         "cutoff": first.cutoff,
         "cutoff_age_in_days": cutoff_age_in_days,
         "keep_running_records": first.keep_running_records,
@@ -94,14 +98,15 @@ def result_document(
 
 def summary_table(results: tuple[retention.CleanupResult, ...]) -> Table:
     first = results[0]
-    table = Table(
-        title=f"cleanup: rows created before {first.cutoff.isoformat().replace('+00:00', 'Z')}",
-        title_justify="left",
-    )
+    before = first.cutoff.isoformat().replace("+00:00", "Z")
+    title = f"cleanup: rows created before {before}"
+    if first.dry_run:
+        title = f"cleanup dry run: rows created before {before} that cleanup would delete"
+    table = Table(title=title, title_justify="left")
     table.add_column("table")
     table.add_column("pass")
     table.add_column("lifecycle")
-    table.add_column("deleted", justify="right")
+    table.add_column("would delete" if first.dry_run else "deleted", justify="right")
     table.add_column("batches", justify="right")
     for result in results:
         first_row = True
@@ -157,6 +162,14 @@ def summary_table(results: tuple[retention.CleanupResult, ...]) -> Table:
     show_default=True,
     help="Rows per delete; each batch is its own short transaction.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help=(
+        "Report what the cleanup would delete, per pass and lifecycle, and delete nothing"
+        " (read-only transactions, no watermark written)."
+    ),
+)
 @db_option
 @json_option
 def cleanup_command(
@@ -164,17 +177,20 @@ def cleanup_command(
     cutoff_age_in_days: int,
     no_keep_running_records: bool,
     batch_size: int,
+    dry_run: bool,
     db_url: str | None,
     as_json: bool,
 ) -> None:
     """Delete old usage events, keeping what running resources need (SPEC §4).
 
     Safe to interrupt (Ctrl-C, or a killed session) and rerun: every batch commits on its own
-    and the deletion order keeps the table consistent in between.
+    and the deletion order keeps the table consistent in between. With --dry-run, nothing is
+    deleted: the summary says what the same run would delete.
     """
     engine = open_engine(db_url)
     try:
-        with _progress(show_progress(as_json)) as on_batch:
+        # A dry run commits no batch, so it has no progress to show.
+        with _progress(show_progress(as_json) and not dry_run) as on_batch:
             results = retention.cleanup_tables(
                 engine,
                 TABLE_CHOICES[table_choice],
@@ -182,6 +198,7 @@ def cleanup_command(
                 keep_running_records=not no_keep_running_records,
                 batch_size=batch_size,
                 on_batch=on_batch,
+                dry_run=dry_run,
             )
     finally:
         engine.dispose()
@@ -193,4 +210,8 @@ def cleanup_command(
     out = stdout()
     out.print(summary_table(results))
     elapsed = sum(r.elapsed_seconds for r in results)
-    out.print(f"deleted {sum(r.deleted for r in results):,} rows in {elapsed:.2f}s")
+    deleted = sum(r.deleted for r in results)
+    if dry_run:
+        out.print(f"dry run: would delete {deleted:,} rows; nothing was deleted ({elapsed:.2f}s)")
+    else:
+        out.print(f"deleted {deleted:,} rows in {elapsed:.2f}s")

@@ -6,6 +6,11 @@ deciding which old openings are superseded (R5, R6) and collecting the other old
 that are not openings. Every delete is a batch of explicit ids in its own short transaction
 (R8), so an interrupted run leaves a consistent table and the next run, deciding afresh,
 finishes it.
+
+A dry run (`dry_run=True`) takes the same steps up to the deletes: the same cutoff read, the
+same plan, the same batches. It then counts each batch's ids instead of deleting them, writes
+no watermark, and runs nothing but read-only transactions, so an operator sees what a cleanup
+would delete before it does.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import time
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from itertools import chain
 
@@ -73,7 +78,8 @@ OnBatch = Callable[[BatchProgress], None]
 
 @attrs.frozen
 class PassResult:
-    """Rows one pass deleted, per lifecycle kind (and `other`), counted from the deletes."""
+    """Rows one pass deleted, per lifecycle kind (and `other`), counted from the deletes; in a
+    dry run, the rows it would delete, counted from the ids its batches would name."""
 
     name: str
     deleted: Mapping[str, int]
@@ -122,6 +128,8 @@ class CleanupResult:
     passes: tuple[PassResult, ...]
     kept_endings: int
     elapsed_seconds: float
+    dry_run: bool = False
+    """True when the run deleted nothing: `passes` then count what it would have deleted."""
 
     @property
     def deleted(self) -> int:
@@ -229,6 +237,11 @@ def _delete_batch(
         }
 
 
+def _count_batch(groups: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """What one batch would delete in a dry run: its planned ids per bucket, nothing sent."""
+    return {bucket: len(ids) for bucket, ids in groups.items() if ids}
+
+
 # --- the decision ---------------------------------------------------------------------------
 
 
@@ -317,8 +330,11 @@ def prune_superseded_openings(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: OnBatch | None = None,
+    dry_run: bool = False,
 ) -> PassResult:
-    """Pass 1 (R7): delete the planned superseded openings, while their evidence still exists."""
+    """Pass 1 (R7): delete the planned superseded openings, while their evidence still exists.
+
+    With `dry_run`, count what each batch would delete and touch nothing."""
     return _delete_planned(
         bind,
         plan,
@@ -328,6 +344,7 @@ def prune_superseded_openings(
         planned=plan.planned_openings,
         batch_size=batch_size,
         on_batch=on_batch,
+        dry_run=dry_run,
     )
 
 
@@ -337,12 +354,14 @@ def prune_non_openings(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: OnBatch | None = None,
+    dry_run: bool = False,
 ) -> PassResult:
     """Pass 2 (R7): delete the old rows whose state opens no lifecycle, as the plan read them.
 
     Run it only after pass 1 of the same plan: an ending must outlive the openings it closes.
     The ids come from the plan's walk, so this pass reads nothing; a row committed after the
-    plan was made waits for the next run.
+    plan was made waits for the next run. With `dry_run`, count what each batch would delete
+    and touch nothing.
     """
     lifecycles = lifecycles_of(plan.table.name)
     return _delete_planned(
@@ -354,6 +373,7 @@ def prune_non_openings(
         planned=plan.planned_non_openings,
         batch_size=batch_size,
         on_batch=on_batch,
+        dry_run=dry_run,
     )
 
 
@@ -368,6 +388,7 @@ class _PassTally:
     deleted: dict[str, int]
     batches: int = 0
     so_far: int = 0
+    dry_run: bool = False
 
     def add_batch(self, counts: Mapping[str, int]) -> None:
         self.batches += 1
@@ -383,7 +404,12 @@ class _PassTally:
     def result(self) -> PassResult:
         result = PassResult(self.pass_name, self.deleted, self.batches)
         log.info(
-            "%s: %s deleted %s rows %s", self.table, self.pass_name, result.total, self.deleted
+            "%s: %s %s %s rows %s",
+            self.table,
+            self.pass_name,
+            "would delete" if self.dry_run else "deleted",
+            result.total,
+            self.deleted,
         )
         return result
 
@@ -398,12 +424,27 @@ def _delete_planned(
     planned: int,
     batch_size: int,
     on_batch: OnBatch | None,
+    dry_run: bool,
 ) -> PassResult:
     """Delete planned ids in batches of `batch_size`, all buckets together in id order (each
-    batch touches neighbouring rows and pages), each batch its own transaction (R8)."""
+    batch touches neighbouring rows and pages), each batch its own transaction (R8).
+
+    A dry run cuts the same batches and counts their ids: it needs no connection, since the
+    plan holds every id, and it reports no progress (no batch commits)."""
     check_cleanup_options(0, batch_size)
     table = plan.table
-    tally = _PassTally(table.name, pass_name, planned, on_batch, {bucket: 0 for bucket in buckets})
+    tally = _PassTally(
+        table.name,
+        pass_name,
+        planned,
+        None if dry_run else on_batch,
+        {bucket: 0 for bucket in buckets},
+        dry_run=dry_run,
+    )
+    if dry_run:
+        for groups in _batches_in_id_order(ids_by_bucket, batch_size):
+            tally.add_batch(_count_batch(groups))
+        return tally.result()
     with _run_connection(bind) as conn:
         for groups in _batches_in_id_order(ids_by_bucket, batch_size):
             tally.add_batch(_delete_batch(conn, table, groups))
@@ -487,11 +528,20 @@ def _walk_old_rows(
     bucket_of: Mapping[str, str],
     batch_size: int,
     on_batch: OnBatch | None,
+    dry_run: bool,
 ) -> PassResult:
-    """Keyset walk over old rows by id (R11): each page starts after the previous one."""
+    """Keyset walk over old rows by id (R11): each page starts after the previous one.
+
+    A dry run reads the same pages, each in a read-only transaction, and counts the ids each
+    page would delete; it reports no progress (no batch commits)."""
     check_cleanup_options(0, batch_size)
     tally = _PassTally(
-        table.name, pass_name, None, on_batch, {bucket: 0 for bucket in (*buckets, NO_LIFECYCLE)}
+        table.name,
+        pass_name,
+        None,
+        None if dry_run else on_batch,
+        {bucket: 0 for bucket in (*buckets, NO_LIFECYCLE)},
+        dry_run=dry_run,
     )
     after_id = 0
     with _run_connection(bind) as conn:
@@ -504,7 +554,10 @@ def _walk_old_rows(
                 limit=batch_size,
                 except_states=except_states,
             )
-            with conn.begin():
+            page_transaction: AbstractContextManager[object] = (
+                db.read_only_transaction(conn) if dry_run else conn.begin()
+            )
+            with page_transaction:
                 page = conn.execute(query).all()
                 if not page:
                     break
@@ -513,10 +566,13 @@ def _walk_old_rows(
                 for row_id, state in page:
                     if row_id not in keep:
                         groups.setdefault(bucket_of.get(state, NO_LIFECYCLE), []).append(row_id)
-                counts = {
-                    bucket: conn.execute(delete_ids_statement(conn, table, ids)).rowcount
-                    for bucket, ids in groups.items()
-                }
+                if dry_run:
+                    counts = _count_batch(groups)
+                else:
+                    counts = {
+                        bucket: conn.execute(delete_ids_statement(conn, table, ids)).rowcount
+                        for bucket, ids in groups.items()
+                    }
             tally.add_batch(counts)
     return tally.result()
 
@@ -527,8 +583,11 @@ def prune_all_old_rows(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: OnBatch | None = None,
+    dry_run: bool = False,
 ) -> PassResult:
-    """R3: without keep_running_records every old row goes (R2 still applies via the plan)."""
+    """R3: without keep_running_records every old row goes (R2 still applies via the plan).
+
+    With `dry_run`, count what each page would delete and touch nothing."""
     table = plan.table
     lifecycles = lifecycles_of(table.name)
     bucket_of = {state: lc.kind for lc in lifecycles for state in lc.states}
@@ -543,6 +602,7 @@ def prune_all_old_rows(
         bucket_of=bucket_of,
         batch_size=batch_size,
         on_batch=on_batch,
+        dry_run=dry_run,
     )
 
 
@@ -559,8 +619,11 @@ def cleanup(
     batch_size: int = DEFAULT_BATCH_SIZE,
     clock: Clock = DEFAULT_CLOCK,
     on_batch: OnBatch | None = None,
+    dry_run: bool = False,
 ) -> CleanupResult:
-    """Clean one usage-event table (SPEC §4) and say what was deleted."""
+    """Clean one usage-event table (SPEC §4) and say what was deleted.
+
+    With `dry_run`, delete nothing and say what would be deleted (see `cleanup_tables`)."""
     return cleanup_tables(
         bind,
         [table],
@@ -570,6 +633,7 @@ def cleanup(
         batch_size=batch_size,
         clock=clock,
         on_batch=on_batch,
+        dry_run=dry_run,
     )[0]
 
 
@@ -583,10 +647,17 @@ def cleanup_tables(
     batch_size: int = DEFAULT_BATCH_SIZE,
     clock: Clock = DEFAULT_CLOCK,
     on_batch: OnBatch | None = None,
+    dry_run: bool = False,
 ) -> tuple[CleanupResult, ...]:
     """Clean several tables in one run, with one cutoff read once for all of them (R1).
 
     Every check (options, table names, R4) happens before the first delete.
+
+    `dry_run=True` makes the same checks, reads the cutoff once and makes the same plan, then
+    reports per pass and lifecycle the rows the run would delete (the ids its batches would
+    name) and deletes none: no DELETE, no watermark, only read-only transactions, so the
+    producer never waits for it. `on_batch` is not called (no batch commits). In a quiet
+    database its counts are what the real run then deletes.
     """
     check_cleanup_options(cutoff_age_in_days, batch_size)
     resolved = [resolve_table(t) for t in tables]
@@ -596,7 +667,12 @@ def cleanup_tables(
     with _run_connection(bind) as conn:
         with db.read_only_transaction(conn):
             cutoff = cutoff_for(conn, clock, cutoff_age_in_days)
-        log.info("cleanup: cutoff %s (%s days)", cutoff.isoformat(), cutoff_age_in_days)
+        log.info(
+            "cleanup%s: cutoff %s (%s days)",
+            " (dry run)" if dry_run else "",
+            cutoff.isoformat(),
+            cutoff_age_in_days,
+        )
         for t in resolved:
             results.append(
                 _cleanup_table(
@@ -607,6 +683,7 @@ def cleanup_tables(
                     keep_running_records=keep_running_records,
                     batch_size=batch_size,
                     on_batch=on_batch,
+                    dry_run=dry_run,
                 )
             )
     return tuple(results)
@@ -660,6 +737,7 @@ def _cleanup_table(
     keep_running_records: bool,
     batch_size: int,
     on_batch: OnBatch | None,
+    dry_run: bool,
 ) -> CleanupResult:
     started = time.perf_counter()  # elapsed work time, not domain time: no Clock needed
     lifecycles = lifecycles_of(table.name)
@@ -667,15 +745,24 @@ def _cleanup_table(
         # R3 needs no decision: only the id bounds.
         decided = lifecycles if keep_running_records else ()
         plan = _plan(conn, table, decided, cutoff, keep_at_least_one_record)
-    _record_watermark(conn, plan, keep_running_records)
+    if not dry_run:  # a dry run deletes nothing, so it has nothing to record
+        _record_watermark(conn, plan, keep_running_records)
     passes: tuple[PassResult, ...]
     if keep_running_records:
         passes = (
-            prune_superseded_openings(conn, plan, batch_size=batch_size, on_batch=on_batch),
-            prune_non_openings(conn, plan, batch_size=batch_size, on_batch=on_batch),
+            prune_superseded_openings(
+                conn, plan, batch_size=batch_size, on_batch=on_batch, dry_run=dry_run
+            ),
+            prune_non_openings(
+                conn, plan, batch_size=batch_size, on_batch=on_batch, dry_run=dry_run
+            ),
         )
     else:
-        passes = (prune_all_old_rows(conn, plan, batch_size=batch_size, on_batch=on_batch),)
+        passes = (
+            prune_all_old_rows(
+                conn, plan, batch_size=batch_size, on_batch=on_batch, dry_run=dry_run
+            ),
+        )
     result = CleanupResult(
         table=table.name,
         cutoff=cutoff,
@@ -684,10 +771,12 @@ def _cleanup_table(
         passes=passes,
         kept_endings=len(plan.kept_endings),
         elapsed_seconds=time.perf_counter() - started,
+        dry_run=dry_run,
     )
     log.info(
-        "%s: deleted %s rows in %s batches, %.2fs",
+        "%s: %s %s rows in %s batches, %.2fs",
         table.name,
+        "dry run, would delete" if dry_run else "deleted",
         result.deleted,
         result.batches,
         result.elapsed_seconds,
