@@ -341,6 +341,40 @@ def database_now(conn: Connection) -> datetime:
     return value.replace(tzinfo=UTC)
 
 
+
+# --- transient errors ---------------------------------------------------------------------
+
+#: PostgreSQL SQLSTATEs that a retried transaction may well not meet again: serialization
+#: failure, deadlock victim, the server shutting down or not yet accepting connections
+#: (class 08, connection exceptions, is matched by prefix).
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+#: MariaDB error numbers of the same kind: lock wait timeout, deadlock victim, server shutting
+#: down, connection killed, and the client's "can't connect", "server has gone away", "lost
+#: connection".
+_TRANSIENT_MARIADB_ERRORS = frozenset({1205, 1213, 1053, 1927, 2002, 2003, 2006, 2013})
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether a database error says "try again later" rather than "this is wrong": a lost or
+    killed connection, a server restarting, a deadlock or serialization victim, a lock wait
+    that timed out (SQLite: "database is locked"). A unit of work whose transaction failed this
+    way left nothing behind and may simply run again."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if type(orig).__module__.startswith("psycopg"):
+        sqlstate = getattr(orig, "sqlstate", None)
+        if sqlstate is None:  # no server answer at all: the connection failed
+            return isinstance(exc, sa.exc.OperationalError)
+        return sqlstate in _TRANSIENT_SQLSTATES or str(sqlstate).startswith("08")
+    if type(orig).__module__.startswith("pymysql"):
+        code = orig.args[0] if orig is not None and orig.args else None
+        return code in _TRANSIENT_MARIADB_ERRORS
+    return isinstance(exc, sa.exc.OperationalError) and "database is locked" in str(orig)
+
+
 # --- connections: identify and kill (tests, simulator faults) -----------------------------
 
 

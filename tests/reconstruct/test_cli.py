@@ -142,7 +142,7 @@ def test_c1_follow_stops_cleanly_on_ctrl_c(
 ) -> None:
     """C1: `--follow` polls until interrupted; Ctrl-C between polls keeps every batch done."""
     _history(engine)
-    with mock.patch("usageledger.cli.consume_commands.time.sleep", side_effect=KeyboardInterrupt):
+    with mock.patch("usageledger.reconstruct.consumer.time.sleep", side_effect=KeyboardInterrupt):
         code, doc = invoke_json(
             capsys, "consume", "--db", _url(db_url), "--follow", "--grace-seconds", "0"
         )

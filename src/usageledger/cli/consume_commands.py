@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import time
 from datetime import timedelta
 from typing import Any
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from usageledger import db
 from usageledger.cli.root import (
@@ -292,28 +292,48 @@ def consume_command(
         done = progress.tasks[task].completed
         progress.update(task, total=done + batch.remaining if batch.remaining else done)
 
+    def followed(result: reference.ConsumeResult) -> None:
+        results.append(result)
+        for gap in result.fell_behind:
+            stderr().print(
+                f"warning: fell behind retention on {gap.table}: ids "
+                f"{gap.first_id}..{gap.last_id} were pruned unread (C10)",
+                markup=False,
+            )
+
+    def retrying(exc: SQLAlchemyError, pause: float) -> None:
+        stderr().print(
+            f"warning: database error, consuming again in {pause:.1f}s: {db.one_line(exc)}",
+            markup=False,
+        )
+
     try:
         with progress:
-            while True:
-                result = reference.consume(
+            if follow:
+                reference.follow(
                     source,
                     ledger,
                     consumer=consumer_name,
                     clock=DEFAULT_CLOCK,
                     grace=grace,
                     batch_size=batch_size,
+                    poll_seconds=poll_seconds,
                     on_batch=on_batch,
+                    on_result=followed,
+                    on_retry=retrying,
                 )
-                results.append(result)
-                if not follow:
-                    break
-                for gap in result.fell_behind:
-                    stderr().print(
-                        f"warning: fell behind retention on {gap.table}: ids "
-                        f"{gap.first_id}..{gap.last_id} were pruned unread (C10)",
-                        markup=False,
+            else:
+                results.append(
+                    reference.consume(
+                        source,
+                        ledger,
+                        consumer=consumer_name,
+                        clock=DEFAULT_CLOCK,
+                        grace=grace,
+                        batch_size=batch_size,
+                        on_batch=on_batch,
                     )
-                time.sleep(poll_seconds)
+                )
     except KeyboardInterrupt:
         # Each batch is one transaction: an interrupted batch rolled back, the rest is stored.
         interrupted = True

@@ -9,11 +9,13 @@ new cursor in the same ledger transaction (C1). The ledger may be another databa
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import attrs
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from usageledger import db
 from usageledger.clock import Clock
@@ -49,6 +51,8 @@ MAX_BATCH_SIZE = 100_000
 #: How many ids ahead the reader records gaps when it is blocked (C2), so that the holes of a
 #: pruned table start their grace period together instead of one batch at a time.
 GAP_LOOKAHEAD = 100_000
+#: The longest pause between retries while following, after transient database errors.
+MAX_RETRY_PAUSE_SECONDS = 60.0
 
 
 @attrs.frozen
@@ -444,3 +448,61 @@ def raise_if_fell_behind(result: ConsumeResult) -> None:
             "read them; the ledger continued from the kept rows and flagged the closes "
             "(see docs/consumer-rules.md, C10)"
         )
+
+
+def follow(
+    source_engine: Engine,
+    ledger_engine: Engine,
+    *,
+    clock: Clock,
+    poll_seconds: float,
+    consumer: str = DEFAULT_CONSUMER,
+    grace: timedelta = DEFAULT_GRACE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    tables: Sequence[str] = EVENT_TABLES,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_batch: Callable[[BatchResult], None] | None = None,
+    on_result: Callable[[ConsumeResult], None] | None = None,
+    on_retry: Callable[[SQLAlchemyError, float], None] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> None:
+    """`consume` round after round, pausing `poll_seconds` between rounds, until
+    `should_stop()` says so or the caller is interrupted (`usageledger consume --follow`).
+
+    A transient database error (`db.is_transient_error`: a lost or killed connection, a server
+    restart, a deadlock victim, a lock wait that timed out) ends the round, not the consumer:
+    the batch it hit rolled back whole with its cursor move (C1), so the next round reads the
+    same events again. The pause before it doubles from `poll_seconds` up to
+    MAX_RETRY_PAUSE_SECONDS while the errors go on, and `on_retry` hears of each. Any other
+    error, a source reset (C1) among them, ends the run.
+    """
+    pause_for = sleep or time.sleep  # looked up now, so a test may patch time.sleep
+    failures = 0
+    while not should_stop():
+        try:
+            result = consume(
+                source_engine,
+                ledger_engine,
+                consumer=consumer,
+                clock=clock,
+                grace=grace,
+                batch_size=batch_size,
+                tables=tables,
+                on_batch=on_batch,
+            )
+        except SQLAlchemyError as exc:
+            if not db.is_transient_error(exc):
+                raise
+            failures += 1
+            pause = min(poll_seconds * 2**failures, MAX_RETRY_PAUSE_SECONDS)
+            log.warning("database error, consuming again in %.1fs: %s", pause, db.one_line(exc))
+            if on_retry is not None:
+                on_retry(exc, pause)
+            pause_for(pause)
+            continue
+        failures = 0
+        if on_result is not None:
+            on_result(result)
+        if should_stop():
+            break
+        pause_for(poll_seconds)
