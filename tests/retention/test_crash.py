@@ -143,7 +143,9 @@ def test_r8_killed_mid_statement_rolls_back_the_batch(
 
 
 def test_r7_ctrl_c_inside_a_pass_is_safe(engine: Engine) -> None:
-    """R7: Ctrl-C between batches keeps the committed work; a rerun finishes it (every backend)."""
+    """R7, R8: Ctrl-C between batches keeps the committed work (each batch is its own
+    transaction, so every batch reported before the interrupt stays deleted) and leaves a safe
+    table; a rerun finishes it (every backend)."""
     table = SERVICE_USAGE_EVENTS
     stored = load(engine, table, realistic_history(table, seed=5))
     seen: list[BatchProgress] = []
@@ -162,6 +164,10 @@ def test_r7_ctrl_c_inside_a_pass_is_safe(engine: Engine) -> None:
             batch_size=2,
             on_batch=interrupt,
         )
-    assert safety_violations(stored, table, remaining_ids(engine, table)) == []
+    # Inside a pass: the interrupted batch is not the pass's first.
+    assert seen[-1].deleted_so_far > seen[-1].deleted_in_batch
+    after_interrupt = remaining_ids(engine, table)
+    assert len(stored) - len(after_interrupt) == sum(p.deleted_in_batch for p in seen) > 0
+    assert safety_violations(stored, table, after_interrupt) == []
     cleanup(engine, table, cutoff_age_in_days=CUTOFF_DAYS, clock=clock(), batch_size=2)
     assert remaining_ids(engine, table) == kept_after_cleanup(stored, table, CUTOFF)

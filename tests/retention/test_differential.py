@@ -5,9 +5,10 @@ tasks, sometimes a NULL key (R9)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 from unittest import mock
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
@@ -55,6 +56,7 @@ def histories(draw: st.DrawFn) -> tuple[str, list[Event], int]:
     for i in range(length):
         state = draw(st.sampled_from(sorted(states) + sorted(openings)))
         key = draw(st.sampled_from(states[state]))
+        days: float
         if shuffled:
             days = cutoff_days + draw(st.sampled_from([-1, 1, 2]))
         else:
@@ -63,6 +65,25 @@ def histories(draw: st.DrawFn) -> tuple[str, list[Event], int]:
         hours = max(0.0, days) * 24 + draw(st.integers(min_value=0, max_value=3))
         events.append(Event(state, key, NOW - timedelta(hours=hours)))
     return table, events, cutoff_days
+
+
+def _interrupted_history() -> tuple[str, list[Event], int]:
+    """Old rows with three superseded openings (pass 1) and four other old rows (pass 2), then
+    one fresh row: with one id a batch, an interrupt after the second batch stops pass 1, or
+    R3's single pass, after it committed a batch."""
+    old, fresh = NOW - timedelta(days=6), NOW - timedelta(days=1)
+    rows = [
+        ("STARTED", "p1"),
+        ("STOPPED", "p1"),
+        ("STARTED", "p2"),
+        ("STARTED", "p2"),
+        ("TASK_STARTED", "t1"),
+        ("TASK_STOPPED", "t1"),
+        ("STAGING_STARTED", "b1"),
+        ("BUILDPACK_SET", "b1"),
+    ]
+    events = [Event(state, key, old) for state, key in rows]
+    return APP_USAGE_EVENTS, [*events, Event("STARTED", "p3", fresh)], 4
 
 
 @settings(
@@ -75,8 +96,25 @@ def histories(draw: st.DrawFn) -> tuple[str, list[Event], int]:
     batch_size=st.integers(min_value=1, max_value=4),
     keep_running=st.sampled_from([True, True, False]),
     keep_one=st.booleans(),
-    interrupt_after=st.none() | st.integers(min_value=1, max_value=6),
+    interrupt_after=st.none() | st.integers(min_value=1, max_value=3),
     chunk_rows=st.integers(min_value=1, max_value=8),
+)
+# Drawn interrupts may fall after the last batch; these two always stop a pass (R7, R8).
+@example(
+    history=_interrupted_history(),
+    batch_size=1,
+    keep_running=True,
+    keep_one=True,
+    interrupt_after=2,
+    chunk_rows=3,
+)
+@example(
+    history=_interrupted_history(),
+    batch_size=1,
+    keep_running=False,
+    keep_one=True,
+    interrupt_after=2,
+    chunk_rows=3,
 )
 def test_r5_r7_cleanup_matches_model_even_when_interrupted(
     engine: Engine,
@@ -87,9 +125,10 @@ def test_r5_r7_cleanup_matches_model_even_when_interrupted(
     interrupt_after: int | None,
     chunk_rows: int,
 ) -> None:
-    """R5–R7, R2, R3, R10: kept rows equal the model's; an interrupted run stays safe (R7) and
-    the next run finishes it; a second run deletes nothing. Small chunks make the walk's
-    decisions cross chunk boundaries (R11)."""
+    """R5–R7, R2, R3, R10: kept rows equal the model's; an interrupted run keeps every batch it
+    reported (R8: each batch its own transaction), stays safe (R7) and the next run finishes
+    it; a second run deletes nothing. Small chunks make the walk's decisions cross chunk
+    boundaries (R11)."""
     with mock.patch.object(retention_run, "WALK_CHUNK_ROWS", chunk_rows):
         _check_against_model(engine, history, batch_size, keep_running, keep_one, interrupt_after)
 
@@ -105,7 +144,10 @@ def _check_against_model(
     table, events, cutoff_days = history
     stored = load(engine, table, events)
     cutoff = NOW - timedelta(days=cutoff_days)
-    options = {"keep_running_records": keep_running, "keep_at_least_one_record": keep_one}
+    options: dict[str, Any] = {
+        "keep_running_records": keep_running,
+        "keep_at_least_one_record": keep_one,
+    }
 
     def stop_after_some_batches(progress: BatchProgress) -> None:
         seen.append(progress)
@@ -124,8 +166,11 @@ def _check_against_model(
             **options,
         )
     except Interrupted:
+        after_interrupt = remaining_ids(engine, table)
+        # R8: every batch reported before the interrupt committed on its own.
+        assert len(stored) - len(after_interrupt) == sum(p.deleted_in_batch for p in seen) > 0
         if keep_running:
-            assert safety_violations(stored, table, remaining_ids(engine, table)) == []
+            assert safety_violations(stored, table, after_interrupt) == []
         cleanup(
             engine,
             table,

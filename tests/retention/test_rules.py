@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
+from typing import Any, TypeVar
 from unittest import mock
 
 import pytest
@@ -27,6 +30,7 @@ from usageledger.errors import BadInputError
 from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS
 from usageledger.reconstruct.billing import UsageEvent
 from usageledger.retention import (
+    ALL_OLD_ROWS,
     NO_LIFECYCLE,
     NON_OPENINGS,
     SUPERSEDED_OPENINGS,
@@ -55,7 +59,7 @@ def run(
     events: Sequence[Event],
     *,
     keep: Sequence[int],
-    **options: object,
+    **options: Any,
 ) -> CleanupResult:
     """Load `events`, clean, and check that exactly the events at positions `keep` survive,
     as the model says, and that the table stays safe (I6)."""
@@ -69,7 +73,7 @@ def run(
         (i, e.state, e.key, "kept" if s.id in remaining else "deleted")
         for i, (e, s) in enumerate(zip(events, stored, strict=True))
     ]
-    assert remaining == kept_after_cleanup(stored, table, CUTOFF, **options)  # type: ignore[arg-type]
+    assert remaining == kept_after_cleanup(stored, table, CUTOFF, **options)
     if options.get("keep_running_records", True):
         assert safety_violations(stored, table, remaining) == []
     assert result.deleted == len(events) - len(keep)
@@ -282,7 +286,8 @@ def test_r9_empty_key_is_a_key_as_the_consumer_reads_it(engine: Engine) -> None:
     at = days_ago(40)
     assert UsageEvent(table=APP, id=1, guid="g", created_at=at, state="TASK_STARTED").key is None
     for state, column in (("TASK_STARTED", "task_guid"), ("STARTED", "app_guid")):
-        event = UsageEvent(table=APP, id=1, guid="g", created_at=at, state=state, **{column: ""})
+        key: dict[str, Any] = {column: ""}
+        event = UsageEvent(table=APP, id=1, guid="g", created_at=at, state=state, **key)
         assert event.key == ""
     run(
         engine,
@@ -466,21 +471,71 @@ def test_r7_old_ending_of_a_fresh_opening_is_kept(engine: Engine) -> None:
     )
 
 
+_T = TypeVar("_T")
+#: Outside any pass: the cutoff read, the plan and the watermark.
+BEFORE_PASSES = ""
+
+
+@contextmanager
+def statements_of_cleanup(engine: Engine) -> Iterator[list[tuple[str, str]]]:
+    """Every statement a cleanup sends on `engine` inside the block, as (pass name, SQL); the
+    pass name is BEFORE_PASSES for the cutoff, the plan and the watermark. Statements outside
+    `cleanup_tables` (loading the history, checking the result) are not recorded."""
+    sent: list[tuple[str, str]] = []
+    phase: list[str | None] = [None]
+
+    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if phase[0] is not None:
+            sent.append((phase[0], statement))
+
+    def in_phase(name: str, function: Callable[..., _T]) -> Callable[..., _T]:
+        def wrapper(*args: Any, **kwargs: Any) -> _T:
+            outer, phase[0] = phase[0], name
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phase[0] = outer
+
+        return wrapper
+
+    steps = {
+        "cleanup_tables": BEFORE_PASSES,
+        "prune_superseded_openings": SUPERSEDED_OPENINGS,
+        "prune_non_openings": NON_OPENINGS,
+        "prune_all_old_rows": ALL_OLD_ROWS,
+    }
+    patches = [
+        mock.patch.object(retention_run, step, in_phase(name, getattr(retention_run, step)))
+        for step, name in steps.items()
+    ]
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        with ExitStack() as stack:
+            for patch in patches:
+                stack.enter_context(patch)
+            yield sent
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
 def test_r8_counts_come_per_pass_and_lifecycle(engine: Engine) -> None:
-    """R8: the result counts deleted rows per pass and lifecycle; batches respect batch_size."""
-    result = run(
-        engine,
-        APP,
-        [
-            ev("STARTED", "p1"),
-            ev("STOPPED", "p1"),
-            ev("TASK_STARTED", "t1"),
-            ev("TASK_STOPPED", "t1"),
-            ev("STAGING_STARTED", "b1"),
-            ev("STARTED", "x", FRESH),
-        ],
-        keep=[5],
-    )
+    """R8: the result counts deleted rows per pass and lifecycle from the deletes themselves: no
+    COUNT query is sent, and in the passes the only statements touching the table are the
+    DELETEs by id. Batches respect batch_size."""
+    with statements_of_cleanup(engine) as sent:
+        result = run(
+            engine,
+            APP,
+            [
+                ev("STARTED", "p1"),
+                ev("STOPPED", "p1"),
+                ev("TASK_STARTED", "t1"),
+                ev("TASK_STOPPED", "t1"),
+                ev("STAGING_STARTED", "b1"),
+                ev("STARTED", "x", FRESH),
+            ],
+            keep=[5],
+        )
     superseded = result.pass_named(SUPERSEDED_OPENINGS)
     non_openings = result.pass_named(NON_OPENINGS)
     assert superseded is not None and non_openings is not None
@@ -488,6 +543,16 @@ def test_r8_counts_come_per_pass_and_lifecycle(engine: Engine) -> None:
     assert dict(non_openings.deleted) == {"app": 1, "task": 1, NO_LIFECYCLE: 1}
     assert superseded.batches == 1  # both lifecycles together, in id order, two ids a batch
     assert non_openings.batches == 2  # three old rows, two per page
+    assert [sql for _, sql in sent if re.search(r"\bcount\s*\(", sql, re.IGNORECASE)] == []
+    on_table = [
+        (name, sql.split(None, 1)[0].upper())
+        for name, sql in sent
+        if name != BEFORE_PASSES and APP in sql.lower()
+    ]
+    # At least one DELETE a batch, and nothing else on the table while the passes run.
+    assert {verb for _, verb in on_table} == {"DELETE"}, on_table
+    assert len([n for n, _ in on_table if n == SUPERSEDED_OPENINGS]) >= superseded.batches
+    assert len([n for n, _ in on_table if n == NON_OPENINGS]) >= non_openings.batches
 
 
 def test_r8_bad_options_are_rejected_before_any_work(engine: Engine) -> None:
