@@ -341,38 +341,62 @@ def database_now(conn: Connection) -> datetime:
     return value.replace(tzinfo=UTC)
 
 
-
 # --- transient errors ---------------------------------------------------------------------
 
-#: PostgreSQL SQLSTATEs that a retried transaction may well not meet again: serialization
-#: failure, deadlock victim, the server shutting down or not yet accepting connections
-#: (class 08, connection exceptions, is matched by prefix).
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
-#: MariaDB error numbers of the same kind: lock wait timeout, deadlock victim, server shutting
-#: down, connection killed, and the client's "can't connect", "server has gone away", "lost
-#: connection".
-_TRANSIENT_MARIADB_ERRORS = frozenset({1205, 1213, 1053, 1927, 2002, 2003, 2006, 2013})
+#: PostgreSQL SQLSTATEs of a transaction that lost a race with another: serialization failure
+#: and deadlock victim. It rolled back; the same transaction may simply run again.
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+#: The server shutting down or not yet accepting connections (class 08, connection exceptions,
+#: is matched by prefix).
+_CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+#: MariaDB's of the first kind: lock wait timeout, deadlock victim.
+_CONFLICT_MARIADB_ERRORS = frozenset({1205, 1213})
+#: MariaDB's of the second: server shutting down, connection killed, and the client's "can't
+#: connect", "server has gone away", "lost connection".
+_CONNECTION_MARIADB_ERRORS = frozenset({1053, 1927, 2002, 2003, 2006, 2013})
+
+
+def _error_code(exc: DBAPIError) -> tuple[str, str | int | None]:
+    """("psycopg", SQLSTATE), ("pymysql", error number) or ("sqlite", message) of an error."""
+    orig = exc.orig
+    module = type(orig).__module__
+    if module.startswith("psycopg"):
+        return "psycopg", getattr(orig, "sqlstate", None)
+    if module.startswith("pymysql"):
+        return "pymysql", orig.args[0] if orig is not None and orig.args else None
+    return "sqlite", str(orig)
+
+
+def is_conflict_error(exc: BaseException) -> bool:
+    """Whether a database error says the transaction lost a race with another one (a deadlock
+    or serialization victim, a lock wait that timed out; SQLite: "database is locked"). Once
+    its transaction is rolled back (as leaving a `with` block on the error does), the
+    connection is still good and the same transaction may simply run again."""
+    if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
+        return False
+    driver, code = _error_code(exc)
+    if driver == "psycopg":
+        return code in _CONFLICT_SQLSTATES
+    if driver == "pymysql":
+        return code in _CONFLICT_MARIADB_ERRORS
+    return isinstance(exc, sa.exc.OperationalError) and "database is locked" in str(code)
 
 
 def is_transient_error(exc: BaseException) -> bool:
-    """Whether a database error says "try again later" rather than "this is wrong": a lost or
-    killed connection, a server restarting, a deadlock or serialization victim, a lock wait
-    that timed out (SQLite: "database is locked"). A unit of work whose transaction failed this
-    way left nothing behind and may simply run again."""
+    """Whether a database error says "try again later" rather than "this is wrong": a conflict
+    (`is_conflict_error`), or a lost or killed connection, a server restarting. A unit of work
+    whose transaction failed this way left nothing behind and may run again, on a new
+    connection when the old one is gone."""
     if not isinstance(exc, DBAPIError):
         return False
-    if exc.connection_invalidated:
+    if exc.connection_invalidated or is_conflict_error(exc):
         return True
-    orig = exc.orig
-    if type(orig).__module__.startswith("psycopg"):
-        sqlstate = getattr(orig, "sqlstate", None)
-        if sqlstate is None:  # no server answer at all: the connection failed
+    driver, code = _error_code(exc)
+    if driver == "psycopg":
+        if code is None:  # no server answer at all: the connection failed
             return isinstance(exc, sa.exc.OperationalError)
-        return sqlstate in _TRANSIENT_SQLSTATES or str(sqlstate).startswith("08")
-    if type(orig).__module__.startswith("pymysql"):
-        code = orig.args[0] if orig is not None and orig.args else None
-        return code in _TRANSIENT_MARIADB_ERRORS
-    return isinstance(exc, sa.exc.OperationalError) and "database is locked" in str(orig)
+        return code in _CONNECTION_SQLSTATES or str(code).startswith("08")
+    return driver == "pymysql" and code in _CONNECTION_MARIADB_ERRORS
 
 
 # --- connections: identify and kill (tests, simulator faults) -----------------------------
