@@ -307,33 +307,26 @@ def consume_command(
             markup=False,
         )
 
+    options: dict[str, Any] = {
+        "consumer": consumer_name,
+        "clock": DEFAULT_CLOCK,
+        "grace": grace,
+        "batch_size": batch_size,
+        "on_batch": on_batch,
+    }
     try:
         with progress:
             if follow:
                 reference.follow(
                     source,
                     ledger,
-                    consumer=consumer_name,
-                    clock=DEFAULT_CLOCK,
-                    grace=grace,
-                    batch_size=batch_size,
                     poll_seconds=poll_seconds,
-                    on_batch=on_batch,
                     on_result=followed,
                     on_retry=retrying,
+                    **options,
                 )
             else:
-                results.append(
-                    reference.consume(
-                        source,
-                        ledger,
-                        consumer=consumer_name,
-                        clock=DEFAULT_CLOCK,
-                        grace=grace,
-                        batch_size=batch_size,
-                        on_batch=on_batch,
-                    )
-                )
+                results.append(reference.consume(source, ledger, **options))
     except KeyboardInterrupt:
         # Each batch is one transaction: an interrupted batch rolled back, the rest is stored.
         interrupted = True
