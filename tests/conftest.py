@@ -3,15 +3,19 @@
 Every test that takes `db_url`, `engine` or `empty_db_url` runs once per configured backend.
 Backends come from `--db URL` (repeatable) or `USAGELEDGER_TEST_DBS` (space or comma separated);
 by default the embedded SQLite plus the local PostgreSQL and MariaDB servers. Each test run (and
-each xdist worker) gets its own freshly created database per backend, dropped at the end. A
-backend that does not answer is skipped locally and fails the run when `CI` is set.
+each xdist worker) gets its own freshly created database per backend, dropped at the end; a run
+that was killed before its end leaves them behind, so each run first drops those of runs whose
+process is gone. A backend that does not answer is skipped locally and fails the run when `CI`
+is set. No test sees a `USAGELEDGER_DB` from the environment of the run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +47,8 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+log = logging.getLogger(__name__)
 
 BACKEND_FIXTURES = {"db_url", "engine", "empty_db_url", "backend_url", "backend"}
 
@@ -82,6 +88,82 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _run_tag(config: pytest.Config) -> str:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     return f"ul_test_{os.getpid()}_{worker}_{uuid.uuid4().hex[:6]}"
+
+
+#: The name of a database a test run created: `_run_tag`, then `_` and a suffix.
+_TEST_DATABASE_NAME = re.compile(
+    r"ul_test_(?P<pid>[0-9]+)_(?P<worker>[A-Za-z0-9]+)_[0-9a-f]{6}_[A-Za-z0-9_]+"
+)
+#: How long the sweep waits for a server to answer before it gives up on it.
+SWEEP_CONNECT_TIMEOUT_SECONDS = 5
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (one we may not signal runs too)."""
+    if pid <= 0:
+        return True  # not a process id: never treat it as gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def sweep_leftover_databases(
+    server_url: str, *, alive: Callable[[int], bool] = pid_alive
+) -> list[str]:
+    """Drop the databases that killed test runs left on `server_url`: those named by
+    `_run_tag` whose process id is not a running process here. A database of a live run is
+    never touched. Returns the names dropped; a server that does not answer, or a database that
+    cannot be dropped, is logged and skipped, never an error (the run goes on without the sweep).
+    """
+    try:
+        server = db.parse_url(server_url)
+        if db.backend_of(server) is db.Backend.SQLITE:
+            return []  # SQLite's are files in pytest's own temporary folders, rotated by pytest
+        names = db.database_names(server, connect_timeout=SWEEP_CONNECT_TIMEOUT_SECONDS)
+    except Exception as exc:
+        log.warning(
+            "could not list leftover test databases on %s: %s",
+            db.display_url(server_url),
+            db.one_line(exc),
+        )
+        return []
+    dropped: list[str] = []
+    for name in names:
+        found = _TEST_DATABASE_NAME.fullmatch(name)
+        if found is None or alive(int(found["pid"])):
+            continue
+        try:
+            db.drop_database(server.set(database=name))
+        except Exception as exc:
+            log.warning("could not drop leftover test database %s: %s", name, db.one_line(exc))
+            continue
+        where = db.display_url(server.set(database=name))
+        log.warning("dropped leftover test database %s of a run that is gone", where)
+        dropped.append(where)
+    return dropped
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before any test: drop the databases of killed runs on every configured server (under
+    xdist the controller does it once, before the workers start)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    dropped = [
+        name for url in _configured_urls(session.config) for name in sweep_leftover_databases(url)
+    ]
+    if not dropped:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for name in dropped:
+        line = f"dropped leftover test database {name} (its run was killed)"
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            print(line)
 
 
 class _Databases:
@@ -146,6 +228,14 @@ def _databases(
     dbs = _Databases(_run_tag(request.config), tmp_path_factory.mktemp("sqlite"))
     yield dbs
     dbs.drop_all()
+
+
+@pytest.fixture(autouse=True)
+def _no_database_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """§9 `--db URL` (env `USAGELEDGER_DB`): a command a test runs without `--db` uses the
+    default, never a URL the person or CI running the suite happens to have exported; a test
+    about the variable sets it itself."""
+    monkeypatch.delenv(db.ENV_DB, raising=False)
 
 
 @pytest.fixture(scope="session")

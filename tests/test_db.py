@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
+from tests.conftest import pid_alive, sweep_leftover_databases
 from usageledger import db
 from usageledger.errors import BadInputError, DatabaseUnavailableError, LockHeldError
 
@@ -28,7 +31,8 @@ LOCK = "test-run-lock"
     ["not a url", "foo://x/y", "oracle://scott:tiger@host/db", "postgresql+asyncpg://u@h/d"],
 )
 def test_bad_urls_are_one_line_bad_input(url: str) -> None:
-    """Bad input: an unparsable or unsupported URL is a BadInputError naming what to use."""
+    """§9 bad input: an unparsable or unsupported URL is one line naming what to use (exit 2 on
+    the command line), and a password in it is never shown."""
     with pytest.raises(BadInputError) as info:
         db.make_engine(url)
     message = str(info.value)
@@ -37,7 +41,7 @@ def test_bad_urls_are_one_line_bad_input(url: str) -> None:
 
 
 def test_unreachable_server_masks_the_password() -> None:
-    """Bad input: an unreachable database is one line, and the password is never shown."""
+    """§9 bad input: an unreachable database is one line, and the password is never shown."""
     engine = db.make_engine("postgresql+psycopg://postgres:hunter2@127.0.0.1:9/nowhere")
     with pytest.raises(DatabaseUnavailableError) as info:
         db.check_connection(engine)
@@ -47,17 +51,17 @@ def test_unreachable_server_masks_the_password() -> None:
 
 
 def test_missing_sqlite_file_is_not_created(tmp_path: object) -> None:
-    """Bad input: a SQLite path that does not exist is an error, and no empty file is left."""
+    """§9 bad input, nothing written: a SQLite path that does not exist is an error naming
+    `usageledger db upgrade`, and no empty file is left."""
     path = f"{tmp_path}/absent.db"
     with pytest.raises(DatabaseUnavailableError, match="usageledger db upgrade"):
         db.make_engine(f"sqlite:///{path}")
-    import os
-
     assert not os.path.exists(path)
 
 
 def test_default_url_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--db` beats USAGELEDGER_DB, which beats the default SQLite file in the working directory."""
+    """§9: `--db` beats USAGELEDGER_DB, which beats the default SQLite file in the working
+    directory."""
     monkeypatch.delenv(db.ENV_DB, raising=False)
     assert db.resolve_url(None) == "sqlite:///usageledger.db"
     monkeypatch.setenv(db.ENV_DB, "postgresql://u@h/d")
@@ -98,7 +102,8 @@ def test_sql_new_guid_is_fresh_per_row(engine: Engine) -> None:
 
 
 def test_isolation_applies_to_one_transaction(engine: Engine, backend: db.Backend) -> None:
-    """Per-transaction isolation: READ COMMITTED for one transaction, the default afterwards."""
+    """B3: a backfill batch's READ COMMITTED applies to that one transaction; the connection's
+    next transaction has the server's default level again."""
     if backend is db.Backend.SQLITE:
         pytest.skip("SQLite transactions are always serializable")
     query = (
@@ -120,9 +125,17 @@ def test_isolation_applies_to_one_transaction(engine: Engine, backend: db.Backen
     assert after == default != inside
 
 
+#: How each server refuses a write in a transaction declared READ ONLY.
+READ_ONLY_REFUSAL = {
+    db.Backend.POSTGRESQL: "cannot execute INSERT in a read-only transaction",
+    db.Backend.MARIADB: "Cannot execute statement in a READ ONLY transaction",
+}
+
+
 def test_read_only_transaction_refuses_writes(engine: Engine) -> None:
-    """Read-only transactions (used by current-state) cannot write on PostgreSQL and MariaDB;
-    on SQLite they take no write lock, so a writer can commit meanwhile."""
+    """CS4: the read-only transactions current-state opens cannot write on PostgreSQL and
+    MariaDB (the server refuses the INSERT as a write in a read-only transaction, not for any
+    other reason); on SQLite they take no write lock, so a writer can commit meanwhile."""
     backend = db.backend_of(engine)
     if backend is db.Backend.SQLITE:
         with db.transaction(engine, read_only=True) as reader:
@@ -130,13 +143,17 @@ def test_read_only_transaction_refuses_writes(engine: Engine) -> None:
             with db.transaction(engine) as writer:
                 writer.execute(sa.text("INSERT INTO organizations (guid, name) VALUES ('o', 'o')"))
         return
-    with pytest.raises(sa.exc.DBAPIError), db.transaction(engine, read_only=True) as conn:
+    with (
+        pytest.raises(sa.exc.DBAPIError, match=re.escape(READ_ONLY_REFUSAL[backend])),
+        db.transaction(engine, read_only=True) as conn,
+    ):
         conn.execute(sa.text("INSERT INTO organizations (guid, name) VALUES ('o', 'o')"))
 
 
 def test_sqlite_is_set_up_for_concurrent_use(engine: Engine, backend: db.Backend) -> None:
-    """SQLite: WAL journal, a busy timeout, foreign keys on, and writers begin IMMEDIATE so a
-    second writer waits at BEGIN instead of failing halfway through its transaction."""
+    """B8 and the SQLite lock set-up (S3: one writer at a time): WAL journal, a busy timeout,
+    foreign keys on, and writers begin IMMEDIATE so a second writer waits at BEGIN instead of
+    failing halfway through its transaction."""
     if backend is not db.Backend.SQLITE:
         pytest.skip("SQLite only")
     with engine.connect() as conn:
@@ -335,7 +352,8 @@ def _probe_a_row_lock_wait(engine: Engine, t: sa.Table) -> None:
 
 
 def test_innodb_status_parsing_finds_only_waiting_threads() -> None:
-    """The MariaDB probe reads thread ids of transactions in LOCK WAIT, and no others."""
+    """S3 (the scheduler detects a step that blocks on a lock): the MariaDB probe reads the
+    thread ids of transactions in LOCK WAIT from InnoDB's status, and no others."""
     status = textwrap.dedent(
         """\
         LIST OF TRANSACTIONS FOR EACH SESSION:
@@ -411,3 +429,58 @@ def test_r11_stream_rows_without_chunked_streaming(
         [6, 7, 8, 9, 10],
         [11, 12],
     ]
+
+
+# --- the suite's own hygiene: databases a killed run left behind ----------------------------
+
+
+def _a_dead_pid() -> int:
+    """The id of a process that ran here and has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(30)
+    assert not pid_alive(child.pid)
+    return child.pid
+
+
+def test_sweep_drops_the_databases_of_runs_that_are_gone(
+    backend_url: str, backend: db.Backend
+) -> None:
+    """Test isolation (no SPEC rule; the house rule that tests create and drop their own
+    databases): at session start the suite drops `ul_test_<pid>_…` databases whose process is
+    gone, and keeps those of a live run and names of another shape."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip("SQLite test databases are files in pytest's own rotated temporary folders")
+    dead, live = _a_dead_pid(), os.getpid()
+    names = {
+        "dead run": f"ul_test_{dead}_main_0f0f0f_main",
+        "dead xdist worker": f"ul_test_{dead}_gw3_0f0f0f_e7",
+        "live run": f"ul_test_{live}_sweep_0f0f0f_main",
+        "another shape": f"ul_testdata_{dead}_main",
+    }
+    urls = {what: db.create_database(backend_url, name) for what, name in names.items()}
+    try:
+        dropped = sweep_leftover_databases(backend_url)
+        left = {
+            what
+            for what, url in urls.items()
+            if db.display_url(url) not in dropped and _database_exists(url)
+        }
+        assert left == {"live run", "another shape"}
+        assert {db.display_url(urls[w]) for w in ("dead run", "dead xdist worker")} <= set(dropped)
+    finally:
+        for url in urls.values():  # dropping one that is gone already is no error
+            db.drop_database(url)
+    assert not set(names.values()) & set(db.database_names(backend_url))
+
+
+def _database_exists(url: URL) -> bool:
+    return url.database in db.database_names(url)
+
+
+def test_sweep_of_a_server_that_does_not_answer_is_no_error() -> None:
+    """Test isolation (no SPEC rule): a server that refuses the sweep's connection leaves the
+    run to go on (its backend is then skipped, or fails the run under CI, as before); and a
+    process that is gone is told from one that runs."""
+    assert sweep_leftover_databases("postgresql+psycopg://postgres:hunter2@127.0.0.1:9/x") == []
+    assert sweep_leftover_databases("not a url") == []
+    assert pid_alive(os.getpid()) and not pid_alive(_a_dead_pid())

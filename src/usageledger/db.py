@@ -204,7 +204,7 @@ def one_line(exc: BaseException) -> str:
 def check_connection(engine: Engine) -> None:
     """Connect once, so an unreachable database is a one-line error before any work."""
     try:
-        with engine.connect() as conn:
+        with read_connection(engine) as conn:
             conn.execute(sa.text("SELECT 1"))
     except SQLAlchemyError as exc:
         raise DatabaseUnavailableError(
@@ -220,6 +220,15 @@ def check_connection(engine: Engine) -> None:
 
 
 READ_ONLY_OPTION = "usageledger_read_only"
+
+
+@contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads that belong to no unit of work (connection and schema checks):
+    on SQLite its transaction begins without the write lock, so it never waits for a writer
+    (see `_configure_sqlite`); elsewhere it is a plain connection."""
+    with engine.connect() as conn:
+        yield conn.execution_options(**{READ_ONLY_OPTION: True})
 
 
 #: The migration version tables of the platform schema and of the consumer's ledger.
@@ -622,6 +631,34 @@ def create_database(server_url: str | URL, name: str) -> URL:
     return parsed.set(database=name)
 
 
+def _server_of(url: URL) -> URL:
+    """`url` on its server's maintenance database (PostgreSQL) or on no database (MariaDB):
+    a connection that does not hold the database to be dropped open. (`URL.set(database=None)`
+    leaves the database in place; `_replace` clears it.)"""
+    if backend_of(url) is Backend.POSTGRESQL:
+        return url.set(database="postgres")
+    return url._replace(database=None)
+
+
+def database_names(server_url: str | URL, *, connect_timeout: int | None = None) -> list[str]:
+    """The names of the databases on a PostgreSQL or MariaDB server (test runs look for the
+    ones killed runs left behind)."""
+    parsed = parse_url(server_url)
+    options: dict[str, Any] = {"poolclass": sa.pool.NullPool}
+    if connect_timeout is not None:
+        options["connect_args"] = {"connect_timeout": connect_timeout}
+    engine = make_engine(_server_of(parsed), **options)
+    try:
+        with engine.connect() as conn:
+            if backend_of(conn) is Backend.POSTGRESQL:
+                rows = conn.execute(sa.text("SELECT datname FROM pg_database"))
+            else:
+                rows = conn.execute(sa.text("SHOW DATABASES"))
+            return [str(row[0]) for row in rows]
+    finally:
+        engine.dispose()
+
+
 def drop_database(url: str | URL) -> None:
     """Drop the database (or SQLite file) behind `url`."""
     parsed = parse_url(url)
@@ -636,8 +673,9 @@ def drop_database(url: str | URL) -> None:
             for lock_file in path.parent.glob(f"{path.name}.*.lock"):
                 lock_file.unlink()
         return
-    server = parsed.set(database="postgres" if backend is Backend.POSTGRESQL else None)
-    admin = make_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    admin = make_engine(
+        _server_of(parsed), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+    )
     try:
         with admin.connect() as conn:
             if backend is Backend.POSTGRESQL:

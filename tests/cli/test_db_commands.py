@@ -130,8 +130,9 @@ def test_db_downgrade_unknown_revision(db_url: URL, capsys: pytest.CaptureFixtur
 
 
 def test_console_script_and_module_entry_points(tmp_path: Path) -> None:
-    """Package: `usageledger` and `python -m usageledger` both run the CLI; the default database
-    is a SQLite file in the working directory."""
+    """§9 entry points: the one console script `usageledger` and `python -m usageledger` both
+    run the CLI; without `--db` or USAGELEDGER_DB the database is a SQLite file in the working
+    directory."""
     env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
     module = subprocess.run(
         [sys.executable, "-m", "usageledger", "db", "upgrade", "--json"],
@@ -170,7 +171,7 @@ def test_empty_sqlite_file_is_refused_and_left_empty(
     assert path.stat().st_size == 0
 
 
-def test_s9_non_empty_sqlite_file_without_the_schema_is_left_untouched(
+def test_non_empty_sqlite_file_without_the_schema_is_left_untouched(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """§9 nothing written: a SQLite file holding someone else's tables is refused (exit 2)
@@ -193,7 +194,7 @@ def test_s9_non_empty_sqlite_file_without_the_schema_is_left_untouched(
     conn.close()
 
 
-def test_s9_upgrade_refuses_a_database_that_already_has_our_table_names(
+def test_upgrade_refuses_a_database_that_already_has_our_table_names(
     empty_db_url: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """§9: `db upgrade` on a database that already holds a table usageledger would create, with
@@ -213,7 +214,7 @@ def test_s9_upgrade_refuses_a_database_that_already_has_our_table_names(
         engine.dispose()
 
 
-def test_s9_a_revision_from_a_newer_release_is_named_as_such(
+def test_a_revision_from_a_newer_release_is_named_as_such(
     db_url: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """§9: a database migrated by a newer usageledger (a revision this release does not ship)

@@ -77,7 +77,7 @@ BAD_OPTION_VALUES = [
     BAD_OPTION_VALUES,
     ids=[" ".join(case[0]) for case in BAD_OPTION_VALUES],
 )
-def test_s9_bad_option_value_is_exactly_one_error_line(
+def test_bad_option_value_is_exactly_one_error_line(
     args: list[str],
     option: str,
     command: str,
@@ -99,7 +99,7 @@ def test_s9_bad_option_value_is_exactly_one_error_line(
     assert not target.exists()
 
 
-def test_s9_unknown_command_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_command_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
     """§9: an unknown command is bad usage: one `error: …` line pointing at `usageledger --help`."""
     code, out, err = _run(capsys, "no-such-command")
     assert code == 2 and out == ""
@@ -108,7 +108,7 @@ def test_s9_unknown_command_is_one_error_line(capsys: pytest.CaptureFixture[str]
     ]
 
 
-def test_s9_group_without_command_shows_its_help_once(capsys: pytest.CaptureFixture[str]) -> None:
+def test_group_without_command_shows_its_help_once(capsys: pytest.CaptureFixture[str]) -> None:
     """§9: `usageledger db` alone prints the group's help on stderr once (no usage line repeated,
     no help text dressed as an `error:`), exit 2, nothing on stdout."""
     code, out, err = _run(capsys, "db")
@@ -189,11 +189,11 @@ def test_c9_consume_summary_and_show_print_names_and_guids_literally(
     assert out.strip() == f"consumer '{consumer}' has billed nothing for none[/x]"
 
 
-def test_s9_simulate_prints_the_out_paths_literally(
+def test_simulate_prints_the_out_paths_literally(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """§9 / S8: the human report names the picture and scenario under --out as given, even a
-    directory named `run[/x]`, exit 0."""
+    """§9 (printed literally) / S1, S7: the human report of `simulate` names the picture and the
+    replayable scenario under --out as given, even a directory named `run[/x]`, exit 0."""
     out_dir = tmp_path / "run[/x]"
     small = ["--apps", "2", "--processes", "3", "--tasks", "2", "--service-instances", "1"]
     code, out, err = _run(capsys, "simulate", "--seed", "4", *small, "--out", str(out_dir))

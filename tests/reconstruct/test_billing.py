@@ -423,7 +423,7 @@ def test_c2_zero_grace_passes_every_gap_at_once() -> None:
     assert plan.new_gaps == ()
 
 
-def test_c2_findings_codes_are_stable() -> None:
+def test_c9_c11_findings_codes_are_stable() -> None:
     """C9/C11: finding codes are part of the ledger's contract."""
     assert {c.value for c in FindingCode} >= {
         "duplicate_ending",

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from unittest import mock
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from tests.reconstruct.histories import app_row, insert_app, insert_service, service_row
+from usageledger import db
 from usageledger.cli.root import cli, run
-from usageledger.schema import app_usage_events
+from usageledger.schema import app_usage_events, ledger_metadata
 
 
 def _url(url: URL) -> str:
@@ -126,15 +132,52 @@ def test_c14_consume_into_a_separate_ledger_database(
     assert code == 0 and len(shown["segments"]) == 1
 
 
+def _ledger_rows(ledger: Engine) -> dict[str, int]:
+    """How many rows each ledger table holds."""
+    with ledger.connect() as conn:
+        return {
+            t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+            for t in ledger_metadata.sorted_tables
+        }
+
+
+def _tables_in(url: URL) -> set[str]:
+    """The tables of the database at `url`; none for a SQLite file that does not exist."""
+    if db.backend_of(url) is db.Backend.SQLITE:
+        path = db.sqlite_path(url)
+        if path is not None and not path.exists():
+            return set()
+    engine = db.make_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize(
     "option", [("--grace-seconds", "-1"), ("--batch-size", "0"), ("--consumer", "")]
 )
-def test_c2_bad_consume_options_exit_2(
-    db_url: URL, capsys: pytest.CaptureFixture[str], option: tuple[str, str]
+def test_bad_consume_options_exit_2_and_consume_nothing(
+    engine: Engine,
+    ledger: Engine,
+    db_url: URL,
+    empty_db_url: URL,
+    capsys: pytest.CaptureFixture[str],
+    option: tuple[str, str],
 ) -> None:
-    """§9: bad option values are exit 2 with one `error:` line; nothing is consumed."""
+    """§9 bad input (options of C1/C2): a bad option value exits 2 with one `error:` line and
+    nothing is consumed although there are events to read: the ledger beside the platform's
+    tables keeps no cursor, segment, resource or finding, and a `--ledger-db` named with the bad
+    value is not even created."""
+    _history(engine)
     code, out, err = invoke(capsys, "consume", "--db", _url(db_url), *option)
-    assert code == 2 and out == "" and "error:" in err
+    assert (code, out) == (2, "") and err.startswith("error: ") and err.count("\n") == 1, err
+    assert _ledger_rows(ledger) == dict.fromkeys(_ledger_rows(ledger), 0)
+    code, out, err = invoke(
+        capsys, "consume", "--db", _url(db_url), "--ledger-db", _url(empty_db_url), *option
+    )
+    assert (code, out) == (2, "") and err.startswith("error: "), err
+    assert _tables_in(empty_db_url) == set()
 
 
 def test_c1_follow_stops_cleanly_on_ctrl_c(
@@ -212,24 +255,129 @@ def test_cs3_verify_exits_1_on_drift_and_lists_it(
     assert code == 0 and "totals: app 2, task 1, service 1" in out
 
 
-def test_cs4_current_state_reads_in_read_only_transactions(
-    engine: Engine, db_url: URL, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """CS4: the command opens only read-only transactions (it needs SELECT rights only)."""
-    from usageledger import db
+#: Statements that only read: SELECT without a locking or writing clause, SHOW, DESCRIBE, SET
+#: (session or transaction settings), a PRAGMA query (`PRAGMA x = y` may rewrite the file), and
+#: a plain BEGIN (SQLite's deferred BEGIN takes no write lock; its writers' BEGIN IMMEDIATE does).
+_WRITES_INSIDE_SELECT = re.compile(
+    r"\b(FOR UPDATE|FOR SHARE|LOCK IN SHARE MODE|INTO|INSERT|UPDATE|DELETE|NEXTVAL|GET_LOCK"
+    r"|PG_ADVISORY_\w*)\b",
+    re.IGNORECASE,
+)
 
+
+def _is_read(statement: str) -> bool:
+    head = statement.split(" ", 1)[0].upper()
+    if head in ("SELECT", "WITH"):
+        return _WRITES_INSIDE_SELECT.search(statement) is None
+    if head in ("SHOW", "DESCRIBE", "SET"):
+        return True
+    if head == "PRAGMA":
+        return "=" not in statement
+    return statement.upper() in ("BEGIN", "BEGIN DEFERRED", "COMMIT", "ROLLBACK")
+
+
+@contextmanager
+def _statements_sent() -> Iterator[list[str]]:
+    """Every statement any engine sends through SQLAlchemy meanwhile (what the driver sends on
+    its own when it connects or pings is not seen), whitespace collapsed."""
+    sent: list[str] = []
+
+    def record(
+        _conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+    ) -> None:
+        sent.append(" ".join(statement.split()))
+
+    sa.event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(Engine, "before_cursor_execute", record)
+
+
+@pytest.mark.parametrize("method", ["sql", "fold"])
+def test_cs4_current_state_sends_only_reads(
+    engine: Engine,
+    db_url: URL,
+    backend: db.Backend,
+    capsys: pytest.CaptureFixture[str],
+    method: str,
+) -> None:
+    """CS4: `reconstruct current-state --verify` opens only read-only transactions and needs
+    only SELECT rights: every statement it sends on any connection, its checks of the
+    connection and the schema included, is a read (SELECT, SHOW, DESCRIBE, SET, a PRAGMA query
+    or a plain BEGIN); a write anywhere, even an `UPDATE … SET state = state` that changes
+    nothing, fails this. Its work runs in a transaction declared read-only (SET TRANSACTION
+    READ ONLY; on SQLite a plain BEGIN)."""
+    _history(engine)
     real = db.transaction
-    seen: list[bool] = []
+    read_only: list[bool] = []
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        seen.append(bool(kwargs.get("read_only")))
+        read_only.append(bool(kwargs.get("read_only")))
         return real(*args, **kwargs)
 
-    with mock.patch.object(db, "transaction", side_effect=spy):
-        code, _out, _err = invoke(
-            capsys, "reconstruct", "current-state", "--db", _url(db_url), "--verify"
+    with _statements_sent() as sent, mock.patch.object(db, "transaction", side_effect=spy):
+        code, out, err = invoke(
+            capsys,
+            "reconstruct",
+            "current-state",
+            "--db",
+            _url(db_url),
+            "--verify",
+            "--method",
+            method,
         )
-    assert code == 0 and seen == [True]
+    assert code == 1 and "p1" in out, err  # drift: the resource tables know none of them
+    assert read_only and all(read_only), read_only
+    declared = "BEGIN" if backend is db.Backend.SQLITE else "SET TRANSACTION READ ONLY"
+    assert declared in sent, sent
+    writes = [s for s in sent if not _is_read(s)]
+    assert writes == [], writes
+
+
+@contextmanager
+def _select_only_login(engine: Engine, url: URL) -> Iterator[URL]:
+    """`url` with a login of its own that may SELECT from every table of that database and do
+    nothing else; dropped afterwards."""
+    name = f"ul_test_reader_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    if db.backend_of(engine) is db.Backend.POSTGRESQL:
+        grant = [
+            f"CREATE ROLE {name} LOGIN PASSWORD '{password}'",
+            f"GRANT USAGE ON SCHEMA public TO {name}",
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {name}",
+        ]
+        revoke = [f"DROP OWNED BY {name}", f"DROP ROLE {name}"]
+    else:
+        grant = [
+            f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'",
+            f"GRANT SELECT ON `{url.database}`.* TO '{name}'@'%'",
+        ]
+        revoke = [f"DROP USER '{name}'@'%'"]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as admin:
+        admin.execute(sa.text(grant[0]))
+        try:
+            for statement in grant[1:]:
+                admin.execute(sa.text(statement))
+            yield url.set(username=name, password=password)
+        finally:
+            for statement in revoke:
+                admin.execute(sa.text(statement))
+
+
+def test_cs4_current_state_runs_with_select_rights_only(
+    engine: Engine, db_url: URL, backend: db.Backend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CS4: on PostgreSQL and MariaDB, a login granted SELECT and nothing else runs
+    `reconstruct current-state --verify` and gets the same document as the owner."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip("SQLite has no logins; see test_cs4_current_state_sends_only_reads")
+    _history(engine)
+    args = ("reconstruct", "current-state", "--verify")
+    owner = invoke_json(capsys, *args, "--db", _url(db_url))
+    with _select_only_login(engine, db_url) as reader_url:
+        reader = invoke_json(capsys, *args, "--db", _url(reader_url))
+    assert reader == owner and owner[0] == 1
 
 
 def test_c14_consume_on_a_database_without_schema_exits_2(

@@ -259,18 +259,22 @@ def test_c12_replaying_from_zero_gives_the_same_ledger(
 
 
 def test_c14_ledger_in_a_separate_database(
-    engine: Engine, separate_ledger: Engine, clock: SimulatedClock
+    engine: Engine, ledger: Engine, separate_ledger: Engine, clock: SimulatedClock
 ) -> None:
-    """C14: the ledger lives in another database; the platform database gets no ledger rows."""
-    if sa.inspect(engine).has_table("ledger_cursors"):
-        # Another test of this session may have put a ledger here; only this run counts.
-        db.truncate_tables(engine, list(ledger_metadata.sorted_tables))
+    """C14: the ledger lives in another database; the platform database gets no ledger rows.
+    The platform database has empty ledger tables of its own here (the `ledger` fixture: the
+    default place of a ledger), so a consumer that wrote any of its rows there, a cursor or a
+    segment, would leave them to be counted."""
     _history(engine)
     consumer.consume(engine, separate_ledger, clock=clock, grace=NO_GRACE)
     assert stored(separate_ledger) == folded(engine)
     assert cursor_of(separate_ledger, SERVICE_USAGE_EVENTS) == 2
-    if sa.inspect(engine).has_table("ledger_cursors"):
-        assert cursor_of(engine, SERVICE_USAGE_EVENTS) is None
+    with ledger.connect() as conn:
+        in_platform = {
+            t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+            for t in ledger_metadata.sorted_tables
+        }
+    assert in_platform == dict.fromkeys(in_platform, 0)
 
 
 def _keep_running_cleanup(engine: Engine, days_after_t0: int = 40) -> None:
@@ -426,7 +430,8 @@ def test_c1_a_new_consumer_name_used_twice_at_once_creates_one_cursor(
     engine: Engine, ledger: Engine, clock: SimulatedClock
 ) -> None:
     """C1: two first runs of the same new consumer name race to create its cursor; the loser
-    waits for the winner's row instead of failing on the primary key."""
+    waits for the winner's row instead of failing on the primary key, both runs end, and the
+    ledger holds one cursor for the table and the same segments as one run would."""
     insert_app(engine, app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"))
     if db.backend_of(ledger) is db.Backend.SQLITE:
         pytest.skip("SQLite writers begin with BEGIN IMMEDIATE: the second waits before reading")
@@ -435,7 +440,15 @@ def test_c1_a_new_consumer_name_used_twice_at_once_creates_one_cursor(
     real_new_row = ledger_store._new_cursor_row
 
     def both_saw_no_cursor(*args: Any) -> dict[str, Any]:
-        barrier.wait(timeout=10)  # both runs have looked and found no cursor
+        # Stages the race: both runs have looked and found no cursor before either inserts.
+        # The staging depends on how the cursor is created; if it no longer applies, say so.
+        try:
+            barrier.wait(timeout=10)
+        except threading.BrokenBarrierError:
+            raise AssertionError(
+                "only one run reached ledger_store._new_cursor_row within 10 s: the race this "
+                "test stages did not happen (did the way a new cursor is created change?)"
+            ) from None
         return real_new_row(*args)
 
     def run() -> None:
@@ -445,12 +458,19 @@ def test_c1_a_new_consumer_name_used_twice_at_once_creates_one_cursor(
             errors.append(exc)
 
     with mock.patch.object(ledger_store, "_new_cursor_row", both_saw_no_cursor):
-        threads = [threading.Thread(target=run) for _ in range(2)]
+        # Daemon threads: a run that hangs fails the test below instead of the interpreter's exit.
+        threads = [threading.Thread(target=run, daemon=True) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=60)
+    assert [t.is_alive() for t in threads] == [False, False], "a run hung for 60 s"
     assert errors == []
+    with ledger.connect() as conn:
+        cursors = conn.execute(
+            sa.select(ledger_cursors.c.consumer, ledger_cursors.c.source_table)
+        ).all()
+    assert [tuple(c) for c in cursors] == [(consumer.DEFAULT_CONSUMER, APP_USAGE_EVENTS)]
     assert stored(ledger) == folded(engine)
 
 

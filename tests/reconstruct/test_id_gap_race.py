@@ -8,13 +8,11 @@ product) moves past A's id on the first poll and never reads A's event.
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 from tests.reconstruct.histories import app_row, insert_app
 from usageledger import db
@@ -85,28 +83,33 @@ def test_c2_id_gap_race_reference_bills_both_naive_loses_one(
     assert "A" not in naive.seen  # lost for good: its cursor is already past A's id
 
 
-def test_c2_sqlite_commits_ids_in_order(engine: Engine, backend: db.Backend) -> None:
-    """C2 on SQLite: why SQLite cannot show the id-gap race. SQLite allows one writing
-    transaction at a time (BEGIN IMMEDIATE), so B's insert waits until A commits and takes the
-    next id after A's; a lower id can never become visible after a higher one."""
+def test_c2_sqlite_commits_ids_in_order(db_url: URL, engine: Engine, backend: db.Backend) -> None:
+    """C2 on SQLite, and why S3 documents that SQLite cannot show out-of-order commits: SQLite
+    allows one writing transaction at a time (BEGIN IMMEDIATE). While A's transaction has
+    inserted and holds, B cannot even begin its own: with a short busy timeout B's insert fails
+    with "database is locked" instead of taking an id, so no id above A's can be committed
+    before A. Once A commits, B's insert takes the next id after A's."""
     if backend is not db.Backend.SQLITE:
         pytest.skip("the in-order property is SQLite's; the race itself is tested above")
-    done: list[int] = []
-
-    def writer_b() -> None:
-        done.extend(insert_app(engine, app_row("STARTED", app_guid="B", previous_state="X")))
-
-    with engine.connect() as holder:
-        held = holder.begin()
-        holder.execute(app_usage_events.insert().values(**app_row("STARTED", app_guid="A")))
-        thread = threading.Thread(target=writer_b)
-        thread.start()
-        time.sleep(0.3)
-        assert done == []  # B waits for A's write lock: nothing above A's id is visible
-        held.commit()
-    thread.join(timeout=30)
+    impatient = db.make_engine(db_url)
+    db.set_sqlite_busy_timeout(impatient, 50)
+    b_row = app_row("STARTED", app_guid="B", minute=1, previous_state="STOPPED")
+    try:
+        with engine.connect() as holder:
+            held = holder.begin()
+            a_key = holder.execute(
+                app_usage_events.insert().values(**app_row("STARTED", app_guid="A"))
+            ).inserted_primary_key
+            assert a_key is not None
+            with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+                insert_app(impatient, b_row)
+            held.commit()
+        (b_id,) = insert_app(impatient, b_row)
+    finally:
+        impatient.dispose()
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(app_usage_events.c.id, app_usage_events.c.app_guid).order_by("id")
         ).all()
-    assert [r.app_guid for r in rows] == ["A", "B"]
+    assert [tuple(r) for r in rows] == [(a_key[0], "A"), (b_id, "B")]
+    assert a_key[0] < b_id

@@ -69,7 +69,7 @@ class SchemaStatus:
 
 
 def current(engine: Engine) -> SchemaStatus:
-    with engine.connect() as conn:
+    with db.read_connection(engine) as conn:
         revision = MigrationContext.configure(conn).get_current_revision()
     known = revision is None or _get_revision_or_none(revision) is not None
     return SchemaStatus(current=revision, head=head_revision(), known=known)
@@ -98,7 +98,7 @@ def _check_upgradable(engine: Engine, status: SchemaStatus) -> None:
         raise _newer_release(where, status)
     if status.current is not None:
         return
-    with engine.connect() as conn:
+    with db.read_connection(engine) as conn:
         existing = set(sa.inspect(conn).get_table_names())
     clashing = sorted(existing & set(metadata.tables))
     if clashing:
@@ -159,7 +159,7 @@ def downgrade(engine: Engine, revision: str) -> Migrated:
 
 def require_schema(engine: Engine) -> None:
     """Raise SchemaMissingError unless the database holds the schema at the shipped head."""
-    with engine.connect() as conn:
+    with db.read_connection(engine) as conn:
         inspector = sa.inspect(conn)
         missing = [name for name in EVENT_TABLES if not inspector.has_table(name)]
     status = current(engine)

@@ -52,7 +52,7 @@ class LedgerSchemaStatus:
 
 
 def current(engine: Engine) -> LedgerSchemaStatus:
-    with engine.connect() as conn:
+    with db.read_connection(engine) as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         revision = context.get_current_revision()
     return LedgerSchemaStatus(current=revision, head=head_revision())
