@@ -1,12 +1,14 @@
 """A small platform for backfill tests: resources made through the producer, event rows read
-back in id order, and the old cleanup's "delete every event" that leaves running resources
-without a start on record."""
+back in id order, the old cleanup's "delete every event" that leaves running resources
+without a start on record, and a spy that watches a run wait for the backfill lock."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import attrs
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -127,3 +129,39 @@ def stop_below_baseline(engine: Engine, process: str) -> Row:
         conn.execute(app_usage_events.insert().values(**stop))
         conn.execute(processes.update().where(processes.c.guid == process).values(state="STOPPED"))
     return baseline
+
+
+@attrs.define
+class LockWait:
+    """What a spy on `db.run_lock` saw of one waiting request for a lock (SPEC B8)."""
+
+    entered: threading.Event = attrs.Factory(threading.Event)
+    returned: threading.Event = attrs.Factory(threading.Event)
+
+    def assert_waiting(self) -> None:
+        """The waiter asked for the lock and has not got it (call while another run holds it).
+
+        Entry is awaited, not timed. A waiter that got the lock anyway would set `returned`
+        within the grace period; one that really waits never does, however slow the machine.
+        """
+        assert self.entered.wait(30), "the run never asked for the lock"
+        assert not self.returned.wait(0.5), "the run got the lock while another run held it"
+
+
+def spy_on_lock_wait(monkeypatch: pytest.MonkeyPatch, name: str) -> LockWait:
+    """Watch `db.run_lock(…, name, wait=True)`: set `entered` when it is called and `returned`
+    when it returns or raises (the backfill takes its lock through `db.run_lock`)."""
+    seen = LockWait()
+    real = db.run_lock
+
+    def run_lock(engine: Engine, lock_name: str, *, wait: bool) -> db.RunLock:
+        if lock_name != name or not wait:
+            return real(engine, lock_name, wait=wait)
+        seen.entered.set()
+        try:
+            return real(engine, lock_name, wait=wait)
+        finally:
+            seen.returned.set()
+
+    monkeypatch.setattr(db, "run_lock", run_lock)
+    return seen

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 from sqlalchemy.engine import URL, Engine
@@ -15,6 +14,7 @@ from tests.backfill.platform import (
     make_app,
     running_task,
     snapshot,
+    spy_on_lock_wait,
     started_process,
 )
 from usageledger import db, migrations
@@ -146,18 +146,32 @@ def test_b9_db_upgrade_skip_was_running_backfill(
 
 
 def test_b8_wait_option_waits_for_the_lock_then_runs(
-    engine: Engine, db_url: URL, capsys: pytest.CaptureFixture[str]
+    engine: Engine,
+    db_url: URL,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """B8: `--wait` blocks until the other run releases the lock, then does the work."""
+    """B8, §9: `--wait` asks for the lock and blocks, printing and writing nothing, until the
+    other run releases it; then it does the work."""
     _forgotten_platform(engine)
     lock = db.run_lock(engine, BACKFILL_LOCK, wait=False)
-    release = threading.Timer(0.5, lock.release)
-    release.start()
+    waits = spy_on_lock_wait(monkeypatch, BACKFILL_LOCK)
+    codes: list[int] = []
+    command = threading.Thread(
+        target=lambda: codes.append(
+            run(cli, ["backfill", "--wait", "--db", _url(db_url), "--json"])
+        )
+    )
+    command.start()
     try:
-        started = time.monotonic()
-        code, out, _ = _run(capsys, "backfill", "--wait", "--db", _url(db_url), "--json")
+        waits.assert_waiting()
+        assert command.is_alive() and codes == []
+        assert snapshot(engine) == {}
+        assert capsys.readouterr().out == ""
     finally:
-        release.join()
-    assert code == 0
-    assert time.monotonic() - started >= 0.4
-    assert json.loads(out)["app"]["seeded"] == 2
+        lock.release()
+        command.join(60)  # even after a failure: no run may outlive the test
+    assert not command.is_alive() and codes == [0]
+    assert waits.returned.is_set()
+    assert json.loads(capsys.readouterr().out)["app"]["seeded"] == 2
+    assert len(app_rows(engine, "WAS_RUNNING")) == 2

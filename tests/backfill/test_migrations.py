@@ -17,10 +17,12 @@ from tests.backfill.platform import (
     running_task,
     service_rows,
     snapshot,
+    spy_on_lock_wait,
     started_process,
 )
 from usageledger import db, migrations
 from usageledger.backfill import BACKFILL_LOCK, backfill
+from usageledger.backfill import migration as seed_migration
 
 BEFORE_SEEDS = "0002_lifecycle_indexes"
 
@@ -41,9 +43,25 @@ def pre_seed_engine(empty_db_url: URL) -> Iterator[Engine]:
     engine.dispose()
 
 
-def test_b9_seed_migrations_seed_apps_then_tasks_then_services(pre_seed_engine: Engine) -> None:
-    """B9: upgrading runs the backfill: app baselines first, then task baselines, then services."""
+def test_b9_seed_migrations_seed_apps_then_tasks_then_services(
+    pre_seed_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B9: upgrading runs the backfill: app baselines first, then task baselines, then services.
+    The order is the order in which the migrations ask `seed_in_migration` for their kind (the
+    service table's ids cannot be compared with the app table's)."""
+    seeded_kinds: list[str] = []
+    real_seed = seed_migration.seed_in_migration
+
+    def seed_in_migration(kind: str) -> None:
+        seeded_kinds.append(kind)
+        real_seed(kind)
+
+    # Alembic executes each revision file afresh per command, so the files import the spy.
+    monkeypatch.setattr(seed_migration, "seed_in_migration", seed_in_migration)
+
     migrations.upgrade(pre_seed_engine)
+
+    assert seeded_kinds == ["app", "task", "service"]
 
     assert migrations.current(pre_seed_engine).up_to_date
     apps = app_rows(pre_seed_engine, "WAS_RUNNING")
@@ -85,9 +103,14 @@ def test_b6_downgrading_a_seed_migration_keeps_the_baselines(pre_seed_engine: En
     assert snapshot(pre_seed_engine) == seeded
 
 
-def test_b8_seed_migration_waits_for_a_running_backfill(pre_seed_engine: Engine) -> None:
-    """B8: a migration waits for the lock instead of failing, then finds the work done."""
+def test_b8_seed_migration_waits_for_a_running_backfill(
+    pre_seed_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B8: a migration waits for the lock instead of failing, then finds the work done: it asks
+    for the backfill lock, does not get it and writes nothing while another run holds it, and
+    seeds once that run releases it."""
     lock = db.run_lock(pre_seed_engine, BACKFILL_LOCK, wait=False)
+    waits = spy_on_lock_wait(monkeypatch, BACKFILL_LOCK)
     errors: list[BaseException] = []
 
     def upgrade() -> None:
@@ -97,14 +120,15 @@ def test_b8_seed_migration_waits_for_a_running_backfill(pre_seed_engine: Engine)
             errors.append(exc)
 
     migration = threading.Thread(target=upgrade)
+    migration.start()
     try:
-        migration.start()
-        migration.join(0.5)
-        assert migration.is_alive(), "the migration should wait for the backfill lock"
+        waits.assert_waiting()
+        assert migration.is_alive() and errors == []
         assert snapshot(pre_seed_engine) == {}
     finally:
         lock.release()
-    migration.join(30)
+        migration.join(60)  # even after a failure: no upgrade may outlive the test
     assert not migration.is_alive() and errors == []
+    assert waits.returned.is_set()
     assert migrations.current(pre_seed_engine).up_to_date
     assert len(snapshot(pre_seed_engine)) == 4

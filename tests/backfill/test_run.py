@@ -15,6 +15,7 @@ from tests.backfill.platform import (
     managed_instance,
     running_task,
     snapshot,
+    spy_on_lock_wait,
     started_process,
 )
 from usageledger import db
@@ -99,15 +100,18 @@ def test_b10_result_counts_and_json_document(engine: Engine) -> None:
 
 
 def test_b8_second_backfill_fails_fast_or_waits_and_then_adds_nothing(
-    engine: Engine, db_url: URL
+    engine: Engine, db_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """B8: while one run holds the lock, another fails fast; with wait it blocks until the
-    first finishes and then finds nothing left to do (B7)."""
+    """B8: while one run holds the lock, another fails fast; with wait it asks for the lock and
+    does not get it until the first has finished and released it, and then finds nothing left
+    to do (B7)."""
     app = make_app(engine)
     for _ in range(4):
         started_process(engine, app)
     forget_history(engine)
     other = db.make_engine(db_url)
+    waited: list[BackfillResult] = []
+    second = threading.Thread(target=lambda: waited.append(backfill(other, wait_for_lock=True)))
     try:
         with db.run_lock(engine, BACKFILL_LOCK, wait=False) as lock:
             steps = backfill_batches(engine, lock, batch_size=1)
@@ -116,17 +120,17 @@ def test_b8_second_backfill_fails_fast_or_waits_and_then_adds_nothing(
             with pytest.raises(LockHeldError, match="another run holds the backfill lock"):
                 backfill(other)
 
-            waited: list[BackfillResult] = []
-            second = threading.Thread(
-                target=lambda: waited.append(backfill(other, wait_for_lock=True))
-            )
+            waits = spy_on_lock_wait(monkeypatch, BACKFILL_LOCK)
             second.start()
-            second.join(0.5)
-            assert second.is_alive(), "the second run should be waiting for the lock"
+            waits.assert_waiting()
             assert sum(r.inserted for r in steps) == 3
-        second.join(30)
+            assert not waits.returned.is_set(), "the second run got the lock before the release"
+        second.join(60)
         assert not second.is_alive()
+        assert waits.returned.is_set()
         assert waited[0].rows_added == 0
         assert len(app_rows(engine, "WAS_RUNNING")) == 4
     finally:
+        if second.ident is not None:
+            second.join(60)  # even after a failure: no run may outlive the test
         other.dispose()

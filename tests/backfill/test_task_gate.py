@@ -40,9 +40,12 @@ def test_p2_b1_task_destroyed_while_pending_gets_no_baseline_and_no_stop(engine:
     assert [r for r in app_rows(engine) if r["task_guid"] == task] == []
 
 
-def test_p2_b5_task_that_ended_without_evidence_is_repaired_once(engine: Engine) -> None:
-    """P2, B5: a task that stopped before any evidence existed writes no stop; it has no baseline
-    either (it no longer runs), so the backfill adds nothing for it."""
+def test_p2_b1_b5_task_that_ended_without_evidence_gets_no_stop_baseline_or_ending(
+    engine: Engine,
+) -> None:
+    """P2, B1, B5: a task that stopped before any evidence existed writes no stop (P2); it no
+    longer runs, so it gets no baseline (B1), and without a baseline there is nothing to repair
+    (B5): the backfill adds nothing for it."""
     app = make_app(engine)
     task = running_task(engine, app)
     forget_history(engine)

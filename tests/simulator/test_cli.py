@@ -27,11 +27,11 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
     return code, captured.out, captured.err
 
 
-def test_s8_simulate_json_writes_report_picture_and_replayable_scenario(
+def test_cli_simulate_json_writes_report_picture_and_replayable_scenario(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """§9: exit 0 when valid, one JSON document, and the four files in --out; the written
-    scenario replays to the same verdict and step count."""
+    """§9 (`simulate`), S1: exit 0 when valid, one JSON document, and the four files in --out;
+    the written scenario replays to the same verdict and step count."""
     out = tmp_path / "run"
     code, stdout, _ = _run(capsys, "simulate", "--seed", "3", *SMALL, "--out", str(out), "--json")
     assert code == 0, stdout
@@ -63,18 +63,20 @@ def test_s8_simulate_json_writes_report_picture_and_replayable_scenario(
     assert replayed["steps"] == document["steps"]
 
 
-def test_s8_simulate_human_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """§9: the rich report names every invariant's verdict, coverage and the picture path."""
+def test_cli_simulate_human_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """§9 (`simulate`), S6, S9: the rich report names every invariant's verdict, coverage and
+    the picture path."""
     code, stdout, _ = _run(capsys, "simulate", "--seed", "4", *SMALL, "--out", str(tmp_path))
     assert code == 0
     assert "VALID" in stdout and "I10" in stdout and "timeline.html" in stdout
     assert "coverage" in stdout
 
 
-def test_s8_simulate_on_a_server(
+def test_cli_simulate_on_a_server(
     backend_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """§9: --backend-url races on a scratch database beside the named one and drops it."""
+    """§9 (`simulate`), S3: --backend-url races on a scratch database beside the named one and
+    drops it."""
     code, stdout, _ = _run(
         capsys,
         "simulate",
@@ -108,20 +110,20 @@ def test_s8_simulate_on_a_server(
         ["--span-days", "0"],
     ],
 )
-def test_s8_simulate_bad_options_exit_2(
+def test_cli_simulate_bad_options_exit_2(
     args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """§9: a bad option value is one `error:` line and exit 2, nothing written."""
+    """§9 (`simulate`): a bad option value is one `error:` line and exit 2, nothing written."""
     code, _, err = _run(capsys, "simulate", *args, "--out", str(tmp_path / "o"))
     assert code == 2
     assert "error:" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 
-def test_s8_simulate_bad_scenario_file_exit_2(
+def test_cli_simulate_bad_scenario_file_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """§9: an unreadable scenario file is bad input."""
+    """§9 (`simulate`), S1: an unreadable scenario file is bad input (exit 2)."""
     (tmp_path / "s.json").write_text('{"schema_version": 7}')
     code, _, err = _run(capsys, "simulate", "--scenario", str(tmp_path / "s.json"))
     assert code == 2 and "schema_version 7" in err

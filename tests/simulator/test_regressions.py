@@ -1,8 +1,9 @@
-"""S7: every scenario in tests/regressions/ replays on each backend that can run it, and fails
-exactly as recorded when its mutant is applied (or passes, for a fixed bug)."""
+"""S7: every scenario in tests/regressions/ replays on each backend that can run it: valid on the
+real code, and failing exactly as recorded when its mutant is applied (S8)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import attrs
@@ -28,20 +29,39 @@ FOLDER = Path(__file__).resolve().parent.parent / "regressions"
 FILES = sorted(FOLDER.glob("*.json"))
 
 
+def test_s7_regression_folder_holds_failures_to_replay() -> None:
+    """S7: the regression suite has files to replay, and each one says how it failed (at least
+    one broken invariant), so that no replay below can pass for want of an expectation."""
+    assert FILES, f"no regression files in {FOLDER}"
+    for path in FILES:
+        regression = load_regression(path)
+        assert regression.invariants, f"{path.name} expects no broken invariant"
+        assert regression.backends, f"{path.name} names no backend"
+        assert regression.scenario.actors, f"{path.name} has no actors"
+
+
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_s7_regression_replays(
     path: Path, simulate: Simulate, backend: db.Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """S7: a shrunk failing scenario still fails the same way (its mutant is still caught)."""
+    """S7, S8: a shrunk failing scenario is valid on the real code and, with its mutant, still
+    fails with the recorded signature: the same broken invariants and, where the file records
+    them, the same kinds of resource (`expect` in the file, as `shrink` writes it)."""
     regression = load_regression(path)
+    assert regression.invariants, f"{path.name} expects no broken invariant"
     if backend.value not in regression.backends:
         pytest.skip(f"{path.name} needs one of {', '.join(regression.backends)}")
-    if regression.mutant is None:
-        assert simulate(regression.scenario).report.verdict.value == "valid"
+    real = simulate(regression.scenario).report
+    assert real.verdict.value == "valid", [f.witness for f in real.invalid_findings()]
+    if regression.mutant is None:  # a fixed bug: the real code passing is the whole check
         return
     MUTANTS[regression.mutant](monkeypatch)
     report = simulate(regression.scenario).report
-    assert set(regression.invariants) <= report.broken(), [f.witness for f in report.findings]
+    found = Signature.of(report)
+    witnesses = [f.witness for f in report.invalid_findings()]
+    assert found.invariants == tuple(sorted(set(regression.invariants))), witnesses
+    if "kinds" in json.loads(path.read_text()).get("expect", {}):
+        assert found.kinds == tuple(sorted(set(regression.kinds))), witnesses
 
 
 def test_s7_shrink_keeps_only_what_the_failure_needs() -> None:

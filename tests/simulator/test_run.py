@@ -57,9 +57,23 @@ def test_s1_recorded_schedule_replays_step_for_step(simulate: Simulate) -> None:
 
 
 def test_s1_same_seed_same_run(simulate: Simulate) -> None:
-    """S1/S3: the seed alone fixes the interleaving (deterministic scheduler)."""
+    """S1/S3: the seed alone fixes the run: the generated actors and their operations, and the
+    interleaving the deterministic scheduler records; the same actors under another seed are
+    interleaved differently."""
     scenario = generate_scenario(13, sizes=TINY, span_days=50)
-    assert simulate(scenario).scenario.schedule == simulate(scenario).scenario.schedule
+    assert generate_scenario(13, sizes=TINY, span_days=50) == scenario
+    assert sum(len(a.operations) for a in scenario.actors) > 10
+    assert generate_scenario(14, sizes=TINY, span_days=50).actors != scenario.actors
+    assert scenario.schedule == ()  # a generated scenario has no schedule: its run records one
+
+    first, again = simulate(scenario), simulate(scenario)
+    assert len(first.scenario.schedule) > 50
+    assert again.scenario.schedule == first.scenario.schedule
+
+    reseeded = simulate(attrs.evolve(scenario, seed=14))
+    assert reseeded.scenario.actors == scenario.actors
+    assert len(reseeded.scenario.schedule) > 50
+    assert reseeded.scenario.schedule != first.scenario.schedule
 
 
 def test_s1_divergent_replay_names_the_step(simulate: Simulate) -> None:
