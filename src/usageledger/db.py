@@ -19,7 +19,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import attrs
 import sqlalchemy as sa
@@ -406,6 +406,35 @@ def is_transient_error(exc: BaseException) -> bool:
             return isinstance(exc, sa.exc.OperationalError)
         return code in _CONNECTION_SQLSTATES or str(code).startswith("08")
     return driver == "pymysql" and code in _CONNECTION_MARIADB_ERRORS
+
+
+#: How often a unit of work that keeps losing races is tried before its error stands, and the
+#: pause before each new attempt (times the number of the attempt that failed).
+CONFLICT_ATTEMPTS = 5
+CONFLICT_PAUSE_SECONDS = 0.1
+
+_T = TypeVar("_T")
+
+
+def retry_conflicts(work: Callable[[], _T], *, what: str, attempts: int = CONFLICT_ATTEMPTS) -> _T:
+    """Run `work`, one transaction that rolls back whole when it fails, and run it again when
+    it loses a race with another transaction (`is_conflict_error`), up to `attempts` times in
+    all, with a warning each time. Any other error, or the last attempt's, stands."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except DBAPIError as exc:
+            if attempt >= attempts or not is_conflict_error(exc):
+                raise
+            log.warning(
+                "%s lost a race with another transaction, again (%d of %d): %s",
+                what,
+                attempt + 1,
+                attempts,
+                one_line(exc),
+            )
+            time.sleep(CONFLICT_PAUSE_SECONDS * attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 # --- connections: identify and kill (tests, simulator faults) -----------------------------

@@ -88,7 +88,7 @@ def test_b4_b8_a_seed_batch_that_loses_a_deadlock_runs_again(
             for n in range(20):
                 platform.execute(organizations.insert().values(guid=f"weight-{n}", name=f"w{n}"))
         platform.execute(sa.select(processes.c.id).where(processes.c.id == high).with_for_update())
-        caplog.set_level(logging.WARNING, logger="usageledger.backfill.run")
+        caplog.set_level(logging.WARNING, logger="usageledger.db")
         worker = threading.Thread(target=run_backfill)
         worker.start()
         _session_of_lock_waiting(engine, sessions, time.monotonic() + 30)

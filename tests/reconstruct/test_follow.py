@@ -6,7 +6,10 @@ uninterrupted run's. Any other error still ends the run."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -59,7 +62,7 @@ def _caught_up(engine: Engine) -> bool:
     """Whether the reference consumer's cursors stand at both tables' newest ids."""
     with db.transaction(engine, read_only=True) as conn:  # SQLite: no write lock wanted
         newest = {
-            t.name: conn.execute(sa.select(sa.func.max(t.c.id))).scalar()
+            t.name: conn.execute(sa.select(sa.func.max(t.c.id))).scalar() or 0
             for t in (app_usage_events, service_usage_events)
         }
         cursors: dict[str, int] = dict(
@@ -302,4 +305,46 @@ def test_c1_consume_follow_warns_on_a_transient_error_and_goes_on(
     assert warnings == [
         "warning: database error, consuming again in 1.0s: server closed the connection"
     ]
+    assert stored(ledger) == folded(engine)
+
+
+def test_c1_consume_follow_stops_cleanly_on_sigterm(
+    engine: Engine, ledger: Engine, db_url: URL
+) -> None:
+    """C1, §9: a supervisor stops `consume --follow` with SIGTERM; it stops as on Ctrl-C, with
+    exit 0, its summary on stdout, and every event applied kept."""
+    _busy_history(engine, processes=4)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "usageledger",
+            "consume",
+            "--db",
+            db_url.render_as_string(hide_password=False),
+            "--follow",
+            "--grace-seconds",
+            "0",
+            "--poll-seconds",
+            "0.05",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(
+            lambda: child.poll() is not None or _caught_up(engine), "the follower caught up", 60
+        )
+        assert child.poll() is None, f"the follower stopped by itself: {child.communicate()}"
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["interrupted"] is True and doc["events_applied"] == 12
     assert stored(ledger) == folded(engine)

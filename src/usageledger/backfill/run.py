@@ -3,17 +3,16 @@ batches that walk a table by id, each batch one INSERT…SELECT in its own trans
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 
 from usageledger import db
 from usageledger.backfill.kinds import KINDS, ResourceKind, kind_named
@@ -28,10 +27,6 @@ log = logging.getLogger(__name__)
 #: The run lock's name (B8): one backfill per database at a time.
 BACKFILL_LOCK = "backfill"
 DEFAULT_BATCH_SIZE = 1000
-#: How often one batch is tried when it loses races (deadlock, lock wait timeout) before the
-#: run gives up, and the pause before each new attempt (times the attempt's number).
-BATCH_ATTEMPTS = 5
-BATCH_RETRY_PAUSE_SECONDS = 0.1
 KIND_NAMES: tuple[str, ...] = tuple(kind.name for kind in KINDS)
 
 
@@ -121,6 +116,29 @@ def _id_range(
     return None if low is None else (int(low), int(high))
 
 
+def _one_batch(
+    engine: Engine,
+    lock: db.RunLock,
+    statement: sa.Insert,
+    lock_rows: sa.Select[tuple[int]] | None,
+    after: int,
+    through: int,
+    clock: Clock,
+) -> int:
+    """One window of a phase: one INSERT…SELECT (after the seed's share locks) in one
+    transaction on the lock's session; the rows it appended."""
+    with db.locked_transaction(engine, lock, isolation=db.Isolation.READ_COMMITTED) as conn:
+        if lock_rows is not None:
+            conn.execute(lock_rows, window_values(after, through)).all()
+        now = clock.now(conn)  # the seed or repair time of this batch's rows (B4, B5)
+        return conn.execute(
+            statement,
+            window_values(after, through, now),
+            # Read from the INSERT itself (some drivers drop an INSERT's count otherwise).
+            execution_options={"preserve_rowcount": True},
+        ).rowcount
+
+
 def _walk(
     engine: Engine,
     lock: db.RunLock,
@@ -153,37 +171,14 @@ def _walk(
     for number in range(1, count + 1):
         through = min(after + batch_size, high)
         started = time.perf_counter()
-        for attempt in itertools.count(1):
-            try:
-                with db.locked_transaction(
-                    engine, lock, isolation=db.Isolation.READ_COMMITTED
-                ) as conn:
-                    if lock_rows is not None:
-                        conn.execute(lock_rows, window_values(after, through)).all()
-                    now = clock.now(conn)  # the seed or repair time of this batch (B4, B5)
-                    inserted = conn.execute(
-                        statement,
-                        window_values(after, through, now),
-                        # Read from the INSERT itself (some drivers drop its count otherwise).
-                        execution_options={"preserve_rowcount": True},
-                    ).rowcount
-                break
-            except DBAPIError as exc:
-                # A platform transaction that locks several resource rows out of id order can
-                # deadlock with the seed's id-ordered share locks, and either may be the victim.
-                # The batch rolled back whole and its lock session lives: run it again.
-                if attempt >= BATCH_ATTEMPTS or not db.is_conflict_error(exc):
-                    raise
-                log.warning(
-                    "%s %s batch %d lost a race with another transaction, again (%d of %d): %s",
-                    kind.name,
-                    phase.value,
-                    number,
-                    attempt + 1,
-                    BATCH_ATTEMPTS,
-                    db.one_line(exc),
-                )
-                time.sleep(BATCH_RETRY_PAUSE_SECONDS * attempt)
+
+        # A platform transaction that locks several resource rows out of id order can deadlock
+        # with the seed's id-ordered share locks, and either may be the victim: the batch rolled
+        # back whole and its lock session lives, so it runs again.
+        inserted = db.retry_conflicts(
+            partial(_one_batch, engine, lock, statement, lock_rows, after, through, clock),
+            what=f"{kind.name} {phase.value} batch {number} of {count}",
+        )
         assert inserted >= 0, "the driver did not report the INSERT's row count"
         yield BatchReport(
             kind=kind.name,

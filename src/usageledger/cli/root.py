@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -140,11 +143,31 @@ def _usage_error_line(exc: click.ClickException, group: click.Group, argv: Seque
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", None)
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a supervisor stopping a service, `kill`) stops a command as Ctrl-C does: the
+    batch in flight rolls back, the finished ones stay, `consume --follow` prints its summary.
+    Only the main thread may set signal handlers; elsewhere SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(group: click.Group, argv: Sequence[str]) -> int:
     """Run the command line; every failure becomes one `error: …` line and an exit code."""
     err = stderr()
     try:
-        result = group.main(list(argv), prog_name="usageledger", standalone_mode=False)
+        with _sigterm_as_interrupt():
+            result = group.main(list(argv), prog_name="usageledger", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:

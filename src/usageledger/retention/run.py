@@ -22,6 +22,7 @@ from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
+from functools import partial
 from itertools import chain
 
 import attrs
@@ -447,7 +448,12 @@ def _delete_planned(
         return tally.result()
     with _run_connection(bind) as conn:
         for groups in _batches_in_id_order(ids_by_bucket, batch_size):
-            tally.add_batch(_delete_batch(conn, table, groups))
+            tally.add_batch(
+                db.retry_conflicts(
+                    partial(_delete_batch, conn, table, groups),
+                    what=f"{table.name} {pass_name} batch {tally.batches + 1}",
+                )
+            )
     return tally.result()
 
 
@@ -516,6 +522,37 @@ def _cut_at(slices: Sequence[tuple[array[int], int, int]], batch_size: int) -> l
     return ends
 
 
+def _old_rows_page(
+    conn: Connection,
+    table: sa.Table,
+    query: sa.Select[int, str],
+    keep: frozenset[int],
+    bucket_of: Mapping[str, str],
+    *,
+    dry_run: bool,
+) -> tuple[int | None, dict[str, int]]:
+    """One page of the keyset walk in one transaction: read it, delete its ids (a dry run
+    counts them, read-only). Returns the page's last id (None when there is no page) and the
+    rows deleted per bucket."""
+    page_transaction: AbstractContextManager[object] = (
+        db.read_only_transaction(conn) if dry_run else conn.begin()
+    )
+    with page_transaction:
+        page = conn.execute(query).all()
+        if not page:
+            return None, {}
+        groups: dict[str, list[int]] = {}
+        for row_id, state in page:
+            if row_id not in keep:
+                groups.setdefault(bucket_of.get(state, NO_LIFECYCLE), []).append(row_id)
+        if dry_run:
+            return page[-1][0], _count_batch(groups)
+        return page[-1][0], {
+            bucket: conn.execute(delete_ids_statement(conn, table, ids)).rowcount
+            for bucket, ids in groups.items()
+        }
+
+
 def _walk_old_rows(
     bind: Engine | Connection,
     table: sa.Table,
@@ -554,25 +591,17 @@ def _walk_old_rows(
                 limit=batch_size,
                 except_states=except_states,
             )
-            page_transaction: AbstractContextManager[object] = (
-                db.read_only_transaction(conn) if dry_run else conn.begin()
+            page = partial(_old_rows_page, conn, table, query, keep, bucket_of, dry_run=dry_run)
+            last_id, counts = (
+                page()
+                if dry_run
+                else db.retry_conflicts(
+                    page, what=f"{table.name} {pass_name} batch {tally.batches + 1}"
+                )
             )
-            with page_transaction:
-                page = conn.execute(query).all()
-                if not page:
-                    break
-                after_id = page[-1][0]
-                groups: dict[str, list[int]] = {}
-                for row_id, state in page:
-                    if row_id not in keep:
-                        groups.setdefault(bucket_of.get(state, NO_LIFECYCLE), []).append(row_id)
-                if dry_run:
-                    counts = _count_batch(groups)
-                else:
-                    counts = {
-                        bucket: conn.execute(delete_ids_statement(conn, table, ids)).rowcount
-                        for bucket, ids in groups.items()
-                    }
+            if last_id is None:
+                break
+            after_id = last_id
             tally.add_batch(counts)
     return tally.result()
 
