@@ -312,7 +312,7 @@ def transaction(
 
 def _declare_read_only(conn: Connection) -> None:
     """Make the server refuse writes in the transaction just begun (SQLite needs nothing: its
-    read-only BEGIN takes no write lock, see `make_engine`)."""
+    read-only BEGIN takes no write lock, see `_configure_sqlite`)."""
     if backend_of(conn) is not Backend.SQLITE:
         conn.execute(sa.text("SET TRANSACTION READ ONLY"))
 
