@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tests.backfill.platform import app_rows, forget_history, make_app, started_process
+from tests.deadlocks import outlast_deadlock_detection
 from usageledger import db
 from usageledger.backfill import BACKFILL_LOCK, backfill
-from usageledger.schema import organizations, processes
+from usageledger.schema import processes
 
 
 def _session_of_lock_waiting(engine: Engine, sessions: list[int], deadline: float) -> int:
@@ -82,11 +83,7 @@ def test_b4_b8_a_seed_batch_that_loses_a_deadlock_runs_again(
     platform_error: list[BaseException] = []
     try:
         platform.begin()
-        if backend is db.Backend.POSTGRESQL:
-            platform.execute(sa.text("SET LOCAL deadlock_timeout = '30s'"))
-        else:  # weigh the platform's transaction down: InnoDB rolls back the lighter one
-            for n in range(20):
-                platform.execute(organizations.insert().values(guid=f"weight-{n}", name=f"w{n}"))
+        outlast_deadlock_detection(platform, backend)
         platform.execute(sa.select(processes.c.id).where(processes.c.id == high).with_for_update())
         caplog.set_level(logging.WARNING, logger="usageledger.db")
         worker = threading.Thread(target=run_backfill)

@@ -254,6 +254,13 @@ def test_c1_follow_ends_on_an_error_that_is_not_transient(clock: SimulatedClock)
     assert consume.call_count == 1
 
 
+def _follow_argv(db_url: URL, *, poll_seconds: float) -> list[str]:
+    """`consume --follow` on `db_url`, no grace period, JSON summary."""
+    url = db_url.render_as_string(hide_password=False)
+    follow = ["--follow", "--grace-seconds", "0", "--poll-seconds", str(poll_seconds)]
+    return ["consume", "--db", url, *follow, "--json"]
+
+
 def test_c1_consume_follow_warns_on_a_transient_error_and_goes_on(
     engine: Engine, ledger: Engine, db_url: URL, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -283,20 +290,7 @@ def test_c1_consume_follow_warns_on_a_transient_error_and_goes_on(
         mock.patch.object(consumer, "consume", side_effect=flaky),
         mock.patch("usageledger.reconstruct.consumer.time.sleep", side_effect=pause),
     ):
-        code = run(
-            cli,
-            [
-                "consume",
-                "--db",
-                db_url.render_as_string(hide_password=False),
-                "--follow",
-                "--grace-seconds",
-                "0",
-                "--poll-seconds",
-                "0.5",
-                "--json",
-            ],
-        )
+        code = run(cli, _follow_argv(db_url, poll_seconds=0.5))
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
     assert code == 0 and doc["interrupted"] is True and doc["events_applied"] == 12
@@ -315,20 +309,7 @@ def test_c1_consume_follow_stops_cleanly_on_sigterm(
     exit 0, its summary on stdout, and every event applied kept."""
     _busy_history(engine, processes=4)
     child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "usageledger",
-            "consume",
-            "--db",
-            db_url.render_as_string(hide_password=False),
-            "--follow",
-            "--grace-seconds",
-            "0",
-            "--poll-seconds",
-            "0.05",
-            "--json",
-        ],
+        [sys.executable, "-m", "usageledger", *_follow_argv(db_url, poll_seconds=0.05)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -16,11 +16,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tests.deadlocks import outlast_deadlock_detection
 from tests.retention.history import FRESH, OLD, Event, clock, load, remaining_ids
 from usageledger import db
 from usageledger.lifecycles import APP_USAGE_EVENTS
 from usageledger.retention import cleanup
-from usageledger.schema import app_usage_events, organizations
+from usageledger.schema import app_usage_events
 
 
 def test_r7_r8_a_delete_batch_that_loses_a_deadlock_runs_again(
@@ -73,11 +74,7 @@ def test_r7_r8_a_delete_batch_that_loses_a_deadlock_runs_again(
     worker = threading.Thread(target=run_cleanup)
     try:
         other.begin()
-        if backend is db.Backend.POSTGRESQL:
-            other.execute(sa.text("SET LOCAL deadlock_timeout = '30s'"))
-        else:  # weigh the other transaction down: InnoDB rolls back the lighter one
-            for n in range(20):
-                other.execute(organizations.insert().values(guid=f"weight-{n}", name=f"w{n}"))
+        outlast_deadlock_detection(other, backend)
         other.execute(sa.select(t.c.id).where(t.c.id == second).with_for_update())
         caplog.set_level(logging.WARNING, logger="usageledger.db")
         worker.start()
