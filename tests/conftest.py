@@ -4,16 +4,18 @@ Every test that takes `db_url`, `engine` or `empty_db_url` runs once per configu
 Backends come from `--db URL` (repeatable) or `USAGELEDGER_TEST_DBS` (space or comma separated);
 by default the embedded SQLite plus the local PostgreSQL and MariaDB servers. Each test run (and
 each xdist worker) gets its own freshly created database per backend, dropped at the end; a run
-that was killed before its end leaves them behind, so each run first drops those of runs whose
-process is gone. A backend that does not answer is skipped locally and fails the run when `CI`
-is set. No test sees a `USAGELEDGER_DB` from the environment of the run.
+that was killed before its end leaves them behind, so each run first drops those of this
+machine's runs whose process is gone. A backend that does not answer is skipped locally and
+fails the run when `CI` is set. No test sees a `USAGELEDGER_DB` from the environment of the run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,14 +87,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
+#: This machine, in the names of the test databases: process ids mean something only here.
+HOST_TAG = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
+
+
 def _run_tag(config: pytest.Config) -> str:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return f"ul_test_{os.getpid()}_{worker}_{uuid.uuid4().hex[:6]}"
+    return f"ul_test_{os.getpid()}_{worker}_{HOST_TAG}_{uuid.uuid4().hex[:6]}"
 
 
 #: The name of a database a test run created: `_run_tag`, then `_` and a suffix.
 _TEST_DATABASE_NAME = re.compile(
-    r"ul_test_(?P<pid>[0-9]+)_(?P<worker>[A-Za-z0-9]+)_[0-9a-f]{6}_[A-Za-z0-9_]+"
+    r"ul_test_(?P<pid>[0-9]+)_(?P<worker>[A-Za-z0-9]+)_(?P<host>[0-9a-f]{6})_[0-9a-f]{6}"
+    r"_[A-Za-z0-9_]+"
 )
 #: How long the sweep waits for a server to answer before it gives up on it.
 SWEEP_CONNECT_TIMEOUT_SECONDS = 5
@@ -134,7 +141,8 @@ def sweep_leftover_databases(
     dropped: list[str] = []
     for name in names:
         found = _TEST_DATABASE_NAME.fullmatch(name)
-        if found is None or alive(int(found["pid"])):
+        # Another machine's runs (another container sharing the server) are not ours to judge.
+        if found is None or found["host"] != HOST_TAG or alive(int(found["pid"])):
             continue
         try:
             db.drop_database(server.set(database=name))

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from tests.conftest import pid_alive, sweep_leftover_databases
+from tests.conftest import HOST_TAG, pid_alive, sweep_leftover_databases
 from usageledger import db
 from usageledger.errors import BadInputError, DatabaseUnavailableError, LockHeldError
 
@@ -446,15 +446,18 @@ def test_sweep_drops_the_databases_of_runs_that_are_gone(
     backend_url: str, backend: db.Backend
 ) -> None:
     """Test isolation (no SPEC rule; the house rule that tests create and drop their own
-    databases): at session start the suite drops `ul_test_<pid>_…` databases whose process is
-    gone, and keeps those of a live run and names of another shape."""
+    databases): at session start the suite drops this machine's `ul_test_<pid>_…` databases
+    whose process is gone, and keeps those of a live run, of another machine, and names of
+    another shape."""
     if backend is db.Backend.SQLITE:
         pytest.skip("SQLite test databases are files in pytest's own rotated temporary folders")
     dead, live = _a_dead_pid(), os.getpid()
+    other_host = "000000" if HOST_TAG != "000000" else "ffffff"
     names = {
-        "dead run": f"ul_test_{dead}_main_0f0f0f_main",
-        "dead xdist worker": f"ul_test_{dead}_gw3_0f0f0f_e7",
-        "live run": f"ul_test_{live}_sweep_0f0f0f_main",
+        "dead run": f"ul_test_{dead}_main_{HOST_TAG}_0f0f0f_main",
+        "dead xdist worker": f"ul_test_{dead}_gw3_{HOST_TAG}_0f0f0f_e7",
+        "live run": f"ul_test_{live}_sweep_{HOST_TAG}_0f0f0f_main",
+        "another machine's run": f"ul_test_{dead}_main_{other_host}_0f0f0f_main",
         "another shape": f"ul_testdata_{dead}_main",
     }
     urls = {what: db.create_database(backend_url, name) for what, name in names.items()}
@@ -465,7 +468,7 @@ def test_sweep_drops_the_databases_of_runs_that_are_gone(
             for what, url in urls.items()
             if db.display_url(url) not in dropped and _database_exists(url)
         }
-        assert left == {"live run", "another shape"}
+        assert left == {"live run", "another shape", "another machine's run"}
         assert {db.display_url(urls[w]) for w in ("dead run", "dead xdist worker")} <= set(dropped)
     finally:
         for url in urls.values():  # dropping one that is gone already is no error

@@ -352,17 +352,34 @@ def database_now(conn: Connection) -> datetime:
 
 # --- transient errors ---------------------------------------------------------------------
 
-#: PostgreSQL SQLSTATEs of a transaction that lost a race with another: serialization failure
-#: and deadlock victim. It rolled back; the same transaction may simply run again.
-_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+#: PostgreSQL SQLSTATEs of a transaction that lost a race with another: serialization failure,
+#: deadlock victim, a lock not granted within lock_timeout. It rolled back; the same
+#: transaction may simply run again.
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 #: The server shutting down or not yet accepting connections (class 08, connection exceptions,
 #: is matched by prefix).
 _CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+#: A connection that failed reaches psycopg without an SQLSTATE, as libpq's message. The server
+#: refused it for now (FATAL with one of these) or the network failed (no FATAL, one of the
+#: others); any other FATAL (no such database or role, authentication) is for good.
+_PG_REFUSED_FOR_NOW = ("starting up", "shutting down", "in recovery mode", "too many clients")
+_PG_NETWORK_FAILURE = (
+    "connection refused",
+    "could not connect",
+    "server closed the connection",
+    "terminating connection",
+    "timeout expired",
+    "connection timed out",
+    "no route to host",
+    "consuming input failed",
+    "the connection is lost",
+    "ssl syscall",
+)
 #: MariaDB's of the first kind: lock wait timeout, deadlock victim.
 _CONFLICT_MARIADB_ERRORS = frozenset({1205, 1213})
-#: MariaDB's of the second: server shutting down, connection killed, and the client's "can't
-#: connect", "server has gone away", "lost connection".
-_CONNECTION_MARIADB_ERRORS = frozenset({1053, 1927, 2002, 2003, 2006, 2013})
+#: MariaDB's of the second: too many connections, server shutting down, connection killed, and
+#: the client's "can't connect", "server has gone away", "lost connection".
+_CONNECTION_MARIADB_ERRORS = frozenset({1040, 1053, 1927, 2002, 2003, 2006, 2013})
 
 
 def _error_code(exc: DBAPIError) -> tuple[str, str | int | None]:
@@ -402,8 +419,11 @@ def is_transient_error(exc: BaseException) -> bool:
         return True
     driver, code = _error_code(exc)
     if driver == "psycopg":
-        if code is None:  # no server answer at all: the connection failed
-            return isinstance(exc, sa.exc.OperationalError)
+        if code is None:
+            message = str(exc.orig).lower()
+            if "fatal:" in message:
+                return any(words in message for words in _PG_REFUSED_FOR_NOW)
+            return any(words in message for words in _PG_NETWORK_FAILURE)
         return code in _CONNECTION_SQLSTATES or str(code).startswith("08")
     return driver == "pymysql" and code in _CONNECTION_MARIADB_ERRORS
 

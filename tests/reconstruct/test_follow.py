@@ -241,6 +241,31 @@ def test_c1_transient_errors_are_told_from_real_ones(engine: Engine, backend: db
     assert not db.is_transient_error(rejected.value)
 
 
+def _connect_error(url: URL) -> sa.exc.DBAPIError:
+    engine = db.make_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as caught, engine.connect():
+            pass
+    finally:
+        engine.dispose()
+    return caught.value
+
+
+def test_c1_a_server_that_is_down_is_transient_a_database_that_is_gone_is_not(
+    engine: Engine, backend: db.Backend
+) -> None:
+    """C1: a follower retries while the server does not answer, but not when the server says
+    the database or the login does not exist: that will not pass by waiting."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip("SQLite has no server to be down")
+    down = _connect_error(engine.url.set(port=9))
+    gone = _connect_error(engine.url.set(database="ul_no_such_database"))
+    nobody = _connect_error(engine.url.set(username="ul_no_such_login"))
+    assert db.is_transient_error(down), db.one_line(down)
+    assert not db.is_transient_error(gone), db.one_line(gone)
+    assert not db.is_transient_error(nobody), db.one_line(nobody)
+
+
 def test_c1_follow_ends_on_an_error_that_is_not_transient(clock: SimulatedClock) -> None:
     """C1: only transient errors are retried; any other database error ends the follower."""
     broken = sa.exc.ProgrammingError("SELECT …", {}, Exception("no such table: ledger_cursors"))
@@ -299,6 +324,7 @@ def test_c1_consume_follow_warns_on_a_transient_error_and_goes_on(
     assert warnings == [
         "warning: database error, consuming again in 1.0s: server closed the connection"
     ]
+    assert sum("consuming again" in line for line in captured.err.splitlines()) == 1
     assert stored(ledger) == folded(engine)
 
 
@@ -328,4 +354,42 @@ def test_c1_consume_follow_stops_cleanly_on_sigterm(
     assert child.returncode == 0, err
     doc = json.loads(out)
     assert doc["interrupted"] is True and doc["events_applied"] == 12
+    assert stored(ledger) == folded(engine)
+
+
+def test_c1_consume_follow_summary_counts_batches_of_a_round_cut_short(
+    engine: Engine, ledger: Engine, db_url: URL, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """C1, §9: the app table's batches commit, then the service table's first batch loses its
+    connection; the summary still counts the committed batches, and the retry adds the rest."""
+    _busy_history(engine, processes=10)  # 30 app events, 1 service event
+    lost = sa.exc.OperationalError(
+        "SELECT …", {}, Exception("server closed the connection"), connection_invalidated=True
+    )
+    real_batch = consumer.consume_batch
+    failed: list[str] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> consumer.BatchResult:
+        if kwargs["table"] == "service_usage_events" and not failed:
+            failed.append("service")
+            raise lost
+        return real_batch(*args, **kwargs)
+
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 2:  # the retry's pause, then the poll after the good round
+            raise KeyboardInterrupt
+
+    with (
+        mock.patch.object(consumer, "consume_batch", side_effect=flaky),
+        mock.patch("usageledger.reconstruct.consumer.time.sleep", side_effect=pause),
+    ):
+        code = run(cli, _follow_argv(db_url, poll_seconds=0.5))
+    doc = json.loads(capsys.readouterr().out)
+    assert failed == ["service"]
+    assert code == 0 and doc["interrupted"] is True
+    assert doc["events_applied"] == 31
+    assert doc["positions"] == {"app_usage_events": 30, "service_usage_events": 1}
     assert stored(ledger) == folded(engine)

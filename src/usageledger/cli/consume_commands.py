@@ -6,6 +6,7 @@ import math
 from datetime import timedelta
 from typing import Any
 
+import attrs
 import click
 from rich.progress import BarColumn, Progress, TextColumn
 from sqlalchemy.engine import Engine
@@ -27,6 +28,7 @@ from usageledger.migrations import ledger as ledger_migrations
 from usageledger.reconstruct import consumer as reference
 from usageledger.reconstruct import ledger_store
 from usageledger.reconstruct.billing import Finding, Segment
+from usageledger.reconstruct.gaps import IdRange
 
 SCHEMA_VERSION = 1
 
@@ -158,32 +160,56 @@ def _ledger_engine(source: Engine, ledger_db: str | None) -> Engine:
     return ledger
 
 
-def _summary(results: list[reference.ConsumeResult], interrupted: bool) -> dict[str, Any]:
-    last = results[-1] if results else None
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "consumer": last.consumer if last else None,
-        "batches": sum(r.batches for r in results),
-        "events_applied": sum(r.events_applied for r in results),
-        "segments_closed": sum(r.segments_closed for r in results),
-        "findings": sum(r.findings for r in results),
-        "positions": {k: v for r in results for k, v in r.positions.items()},
-        "waiting_at": {
-            table: {"first_id": gap.first, "last_id": gap.last}
-            for table, gap in (last.waiting_at.items() if last else [])
-        },
-        "fell_behind": [
-            {
-                "table": g.table,
-                "first_id": g.first_id,
-                "last_id": g.last_id,
-                "gap_closed": g.gap_closed,
-            }
-            for r in results
-            for g in r.fell_behind
-        ],
-        "interrupted": interrupted,
-    }
+@attrs.define
+class _Tally:
+    """The batches this command committed, added up as each commits, so that a round cut
+    short by an error, Ctrl-C or SIGTERM still counts in the summary."""
+
+    batches: int = 0
+    events_applied: int = 0
+    segments_closed: int = 0
+    findings: int = 0
+    positions: dict[str, int] = attrs.Factory(dict)
+    waiting_at: dict[str, IdRange] = attrs.Factory(dict)
+    fell_behind: list[reference.RetentionGap] = attrs.Factory(list)
+
+    def add(self, batch: reference.BatchResult) -> None:
+        self.batches += 1
+        self.events_applied += batch.events_applied
+        self.segments_closed += batch.segments_closed
+        self.findings += batch.findings
+        self.positions[batch.table] = batch.position
+        if batch.blocked_by is not None:
+            self.waiting_at[batch.table] = batch.blocked_by
+        else:
+            self.waiting_at.pop(batch.table, None)
+        if batch.fell_behind is not None:
+            self.fell_behind.append(batch.fell_behind)
+
+    def summary(self, consumer: str, interrupted: bool) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "consumer": consumer,
+            "batches": self.batches,
+            "events_applied": self.events_applied,
+            "segments_closed": self.segments_closed,
+            "findings": self.findings,
+            "positions": dict(self.positions),
+            "waiting_at": {
+                table: {"first_id": gap.first, "last_id": gap.last}
+                for table, gap in self.waiting_at.items()
+            },
+            "fell_behind": [
+                {
+                    "table": g.table,
+                    "first_id": g.first_id,
+                    "last_id": g.last_id,
+                    "gap_closed": g.gap_closed,
+                }
+                for g in self.fell_behind
+            ],
+            "interrupted": interrupted,
+        }
 
 
 def _finite(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
@@ -272,7 +298,8 @@ def consume_command(
     source = open_engine(db_url)
     ledger = _ledger_engine(source, ledger_db)
     grace = timedelta(seconds=grace_seconds)
-    results: list[reference.ConsumeResult] = []
+    once: reference.ConsumeResult | None = None  # the run-once result, for C10's exit code
+    tally = _Tally()
     interrupted = False
     progress = Progress(
         TextColumn("{task.description}"),
@@ -285,21 +312,20 @@ def consume_command(
     tasks: dict[str, Any] = {}
 
     def on_batch(batch: reference.BatchResult) -> None:
+        tally.add(batch)
+        if follow and batch.fell_behind is not None:
+            gap = batch.fell_behind
+            stderr().print(
+                f"warning: fell behind retention on {gap.table}: ids "
+                f"{gap.first_id}..{gap.last_id} were pruned unread (C10)",
+                markup=False,
+            )
         if batch.table not in tasks:
             tasks[batch.table] = progress.add_task(batch.table, total=None)
         task = tasks[batch.table]
         progress.advance(task, batch.events_applied)
         done = progress.tasks[task].completed
         progress.update(task, total=done + batch.remaining if batch.remaining else done)
-
-    def followed(result: reference.ConsumeResult) -> None:
-        results.append(result)
-        for gap in result.fell_behind:
-            stderr().print(
-                f"warning: fell behind retention on {gap.table}: ids "
-                f"{gap.first_id}..{gap.last_id} were pruned unread (C10)",
-                markup=False,
-            )
 
     def retrying(exc: SQLAlchemyError, pause: float) -> None:
         stderr().print(
@@ -321,12 +347,11 @@ def consume_command(
                     source,
                     ledger,
                     poll_seconds=poll_seconds,
-                    on_result=followed,
                     on_retry=retrying,
                     **options,
                 )
             else:
-                results.append(reference.consume(source, ledger, **options))
+                once = reference.consume(source, ledger, **options)
     except KeyboardInterrupt:
         # Each batch is one transaction: an interrupted batch rolled back, the rest is stored.
         interrupted = True
@@ -334,7 +359,7 @@ def consume_command(
         if ledger is not source:
             ledger.dispose()
         source.dispose()
-    summary = _summary(results, interrupted)
+    summary = tally.summary(consumer_name, interrupted)
     if as_json:
         emit_json(summary)
     else:
@@ -353,9 +378,9 @@ def consume_command(
                 f"  {table}: waiting at ids {gap['first_id']}..{gap['last_id']} (grace period)",
                 markup=False,
             )
-    if not follow and results:
+    if once is not None:
         try:
-            reference.raise_if_fell_behind(results[-1])
+            reference.raise_if_fell_behind(once)
         except FellBehindRetentionError as exc:
             stderr().print(f"error: {exc}", markup=False)
             return exc.exit_code

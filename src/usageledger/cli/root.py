@@ -151,15 +151,20 @@ def _interrupt(_signum: int, _frame: object) -> None:
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a supervisor stopping a service, `kill`) stops a command as Ctrl-C does: the
     batch in flight rolls back, the finished ones stay, `consume --follow` prints its summary.
-    Only the main thread may set signal handlers; elsewhere SIGTERM keeps its default."""
-    if threading.current_thread() is not threading.main_thread():
+    Only the main thread may set signal handlers; elsewhere SIGTERM keeps its default, and so
+    does a process told to ignore it."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    ):
         yield
         return
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # None: a handler set outside Python, which Python cannot reinstall.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def run(group: click.Group, argv: Sequence[str]) -> int:

@@ -51,7 +51,9 @@ MAX_BATCH_SIZE = 100_000
 #: How many ids ahead the reader records gaps when it is blocked (C2), so that the holes of a
 #: pruned table start their grace period together instead of one batch at a time.
 GAP_LOOKAHEAD = 100_000
-#: The longest pause between retries while following, after transient database errors.
+#: The shortest and the longest pause before consuming again after a transient database error
+#: while following.
+MIN_RETRY_PAUSE_SECONDS = 0.01
 MAX_RETRY_PAUSE_SECONDS = 60.0
 
 
@@ -473,8 +475,8 @@ def follow(
     restart, a deadlock victim, a lock wait that timed out) ends the round, not the consumer:
     the batch it hit rolled back whole with its cursor move (C1), so the next round reads the
     same events again. The pause before it doubles from `poll_seconds` up to
-    MAX_RETRY_PAUSE_SECONDS while the errors go on, and `on_retry` hears of each. Any other
-    error, a source reset (C1) among them, ends the run.
+    MAX_RETRY_PAUSE_SECONDS while the errors go on; `on_retry` hears of each (else it is
+    logged as a warning). Any other error, a source reset (C1) among them, ends the run.
     """
     pause_for = sleep or time.sleep  # looked up now, so a test may patch time.sleep
     failures = 0
@@ -494,10 +496,14 @@ def follow(
             if not db.is_transient_error(exc):
                 raise
             failures += 1
-            pause = min(poll_seconds * 2**failures, MAX_RETRY_PAUSE_SECONDS)
-            log.warning("database error, consuming again in %.1fs: %s", pause, db.one_line(exc))
+            # The exponent stops growing once the cap is reached (an outage of hours would
+            # otherwise overflow the float), and the first pause is never nothing.
+            doubled = max(poll_seconds, MIN_RETRY_PAUSE_SECONDS) * 2 ** min(failures, 30)
+            pause = min(doubled, MAX_RETRY_PAUSE_SECONDS)
             if on_retry is not None:
                 on_retry(exc, pause)
+            else:
+                log.warning("database error, consuming again in %.1fs: %s", pause, db.one_line(exc))
             pause_for(pause)
             continue
         failures = 0

@@ -147,6 +147,8 @@ def ledger_template(folder: Path) -> Path:
             ledger_migrations.upgrade(engine)
         finally:
             engine.dispose()  # the last connection closing folds the WAL into the file
+        # The migration's lock file: nothing else ever migrates this copy.
+        Path(f"{path}.{ledger_migrations.MIGRATION_LOCK}.lock").unlink(missing_ok=True)
     return path
 
 
