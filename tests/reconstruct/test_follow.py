@@ -279,6 +279,24 @@ def test_c1_follow_ends_on_an_error_that_is_not_transient(clock: SimulatedClock)
     assert consume.call_count == 1
 
 
+#: What a connection that died mid-batch looks like to SQLAlchemy.
+_LOST = sa.exc.OperationalError(
+    "SELECT …", {}, Exception("server closed the connection"), connection_invalidated=True
+)
+
+
+def _interrupt_at_second_pause(pauses: list[float]) -> Callable[[float], None]:
+    """A `time.sleep` for `follow` that records each pause and stops the run (as Ctrl-C) at
+    the second: the retry's pause, then the poll after the good round."""
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 2:
+            raise KeyboardInterrupt
+
+    return pause
+
+
 def _follow_argv(db_url: URL, *, poll_seconds: float) -> list[str]:
     """`consume --follow` on `db_url`, no grace period, JSON summary."""
     url = db_url.render_as_string(hide_password=False)
@@ -292,24 +310,17 @@ def test_c1_consume_follow_warns_on_a_transient_error_and_goes_on(
     """C1, §9: `consume --follow` meets a lost connection, says so on stderr in one line, consumes
     again, and stops cleanly on Ctrl-C with every event applied."""
     _busy_history(engine, processes=4)
-    lost = sa.exc.OperationalError(
-        "SELECT …", {}, Exception("server closed the connection"), connection_invalidated=True
-    )
     real_consume = consumer.consume
     calls: list[str] = []
 
     def flaky(*args: Any, **kwargs: Any) -> consumer.ConsumeResult:
         calls.append("consume")
         if len(calls) == 1:
-            raise lost
+            raise _LOST
         return real_consume(*args, **kwargs)
 
     pauses: list[float] = []
-
-    def pause(seconds: float) -> None:
-        pauses.append(seconds)
-        if len(pauses) == 2:  # the retry's pause, then the poll after the good round
-            raise KeyboardInterrupt
+    pause = _interrupt_at_second_pause(pauses)
 
     with (
         mock.patch.object(consumer, "consume", side_effect=flaky),
@@ -363,24 +374,17 @@ def test_c1_consume_follow_summary_counts_batches_of_a_round_cut_short(
     """C1, §9: the app table's batches commit, then the service table's first batch loses its
     connection; the summary still counts the committed batches, and the retry adds the rest."""
     _busy_history(engine, processes=10)  # 30 app events, 1 service event
-    lost = sa.exc.OperationalError(
-        "SELECT …", {}, Exception("server closed the connection"), connection_invalidated=True
-    )
     real_batch = consumer.consume_batch
     failed: list[str] = []
 
     def flaky(*args: Any, **kwargs: Any) -> consumer.BatchResult:
         if kwargs["table"] == "service_usage_events" and not failed:
             failed.append("service")
-            raise lost
+            raise _LOST
         return real_batch(*args, **kwargs)
 
     pauses: list[float] = []
-
-    def pause(seconds: float) -> None:
-        pauses.append(seconds)
-        if len(pauses) == 2:  # the retry's pause, then the poll after the good round
-            raise KeyboardInterrupt
+    pause = _interrupt_at_second_pause(pauses)
 
     with (
         mock.patch.object(consumer, "consume_batch", side_effect=flaky),

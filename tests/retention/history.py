@@ -146,3 +146,14 @@ def realistic_history(table: str, seed: int, *, resources: int = 12) -> list[Eve
             key = f"s{r}"
         events.append(Event(state, key, when))
     return events
+
+
+def audit_table(name: str) -> sa.Table:
+    """A table with an id and a created_at but no lifecycles (R4), in metadata of its own."""
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("state", sa.String(255), nullable=False),
+    )

@@ -22,6 +22,7 @@ from tests.retention.history import (
     OLD,
     Event,
     StoredEvent,
+    audit_table,
     clock,
     load,
     realistic_history,
@@ -230,15 +231,8 @@ def test_r4_dry_run_keeps_the_same_error_for_a_table_without_lifecycles(engine: 
     """R4 (dry run): asking to keep running records on a table with no declared lifecycles is
     the same error as in a real run, raised before any work; R3 on it reports every old row
     but the newest (R2) and deletes none."""
-    meta = sa.MetaData()
-    audit = sa.Table(
-        "retention_test_dry_run_audit_events",
-        meta,
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("created_at", sa.DateTime, nullable=False),
-        sa.Column("state", sa.String(255), nullable=False),
-    )
-    meta.create_all(engine)
+    audit = audit_table("retention_test_dry_run_audit_events")
+    audit.create(engine)
     try:
         rows = [{"id": i, "created_at": OLD.replace(tzinfo=None), "state": "X"} for i in (1, 2, 3)]
         with engine.begin() as conn:
@@ -262,7 +256,7 @@ def test_r4_dry_run_keeps_the_same_error_for_a_table_without_lifecycles(engine: 
         with engine.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar() == 3
     finally:
-        meta.drop_all(engine)
+        audit.drop(engine)
 
 
 class _CountingClock(SimulatedClock):

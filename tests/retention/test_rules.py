@@ -20,6 +20,7 @@ from tests.retention.history import (
     NOW,
     OLD,
     Event,
+    audit_table,
     clock,
     days_ago,
     load,
@@ -396,15 +397,8 @@ def test_r1_one_cutoff_for_both_tables(engine: Engine) -> None:
 
 def test_r4_table_without_lifecycles_refuses_keep_running(engine: Engine) -> None:
     """R4: a table with no declared lifecycles is an error, and nothing is deleted."""
-    meta = sa.MetaData()
-    audit = sa.Table(
-        "retention_test_audit_events",
-        meta,
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("created_at", sa.DateTime, nullable=False),
-        sa.Column("state", sa.String(255), nullable=False),
-    )
-    meta.create_all(engine)
+    audit = audit_table("retention_test_audit_events")
+    audit.create(engine)
     try:
         with engine.begin() as conn:
             conn.execute(
@@ -424,7 +418,7 @@ def test_r4_table_without_lifecycles_refuses_keep_running(engine: Engine) -> Non
         )
         assert result.deleted == 1
     finally:
-        meta.drop_all(engine)
+        audit.drop(engine)
 
 
 def test_r10_second_run_deletes_nothing(engine: Engine) -> None:
