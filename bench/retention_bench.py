@@ -1,6 +1,6 @@
 """Retention benchmark: the keep-running cleanup against its floor and the peer shape (SPEC R11).
 
-    python bench/retention_bench.py --backend URL --rows N [--batch-size 1000]
+    python bench/retention_bench.py --backend URL --rows N [--batch-size 1000] [--repeat 1]
 
 `--backend` names a database server (PostgreSQL, MariaDB) or a SQLite URL; the benchmark creates
 its own database beside it (`ul_bench_retention`, or a file in a temporary folder for SQLite),
@@ -16,6 +16,8 @@ measures on identical copies of the table:
            correlated lookups, re-run from the start for every batch (time-boxed; the rest is
            extrapolated linearly, which understates its cost);
 
+with `--repeat N`, the cleanup and both floors N times each (median and range; the peer once);
+
 then prints the query plans on the backend and the row count over 90 simulated days of daily
 cleanups with a constant running set. Not part of the test suite.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -67,7 +70,7 @@ CHOSEN_KEY = re.compile(r"\bkey=(\w+)")
 POSSIBLE_KEYS = re.compile(r"possible_keys=\S+ ")
 
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, width=160)
+out = Console(highlight=False, width=200)
 
 
 # --- the generator --------------------------------------------------------------------------
@@ -267,6 +270,16 @@ def count(engine: Engine, table: sa.Table) -> int:
 
 
 # --- the three shapes -----------------------------------------------------------------------
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """One figure, or with several rounds the median and the range: `median (min–max)`."""
+    if not values:
+        return "–"
+    median = fmt.format(statistics.median(values))
+    if len(values) == 1:
+        return median
+    return f"{median} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
 def run_cleanup(
@@ -504,12 +517,25 @@ def bench_database(backend_url: str) -> tuple[URL, Path | None]:
     return db.create_database(parsed, "ul_bench_retention"), folder
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", required=True, help="database server URL or sqlite:///…")
     parser.add_argument("--rows", type=int, default=200_000, help="rows of app_usage_events")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=1,
+        help="rounds of cleanup, floor and sorted floor (median and range reported)",
+    )
     parser.add_argument("--peer-timebox", type=float, default=300.0, help="seconds (0: skip)")
     parser.add_argument("--days", type=int, default=90, help="simulated days (0: skip)")
     parser.add_argument("--per-day", type=int, default=2000, help="events per simulated day")
@@ -532,6 +558,7 @@ def main(argv: list[str]) -> int:
         del app_events, service_events
         results = Table(
             title=f"retention on {backend}, {args.rows:,} app rows, batch {args.batch_size}"
+            + (f", median (range) of {args.repeat} rounds" if args.repeat > 1 else "")
         )
         for column in (
             "table",
@@ -563,16 +590,22 @@ def main(argv: list[str]) -> int:
                 )
             err.print(f"[{backend}] {table.name}: decision alone …")
             deciding_s = run_decision(engine, table)
-            err.print(f"[{backend}] {table.name}: cleanup …")
-            cleanup_s, deleted, batches = run_cleanup(engine, table, args.batch_size)
-            gone = sorted(before - all_ids(engine, table))
-            assert len(gone) == deleted == sum(len(b) for b in batches)
-            restore(engine, table, copy)
-            err.print(f"[{backend}] {table.name}: floor …")
-            floor_s = run_floor(engine, table, batches)
-            restore(engine, table, copy)
-            err.print(f"[{backend}] {table.name}: sorted floor …")
-            sorted_floor_s = run_floor(engine, table, sorted_batches(gone, args.batch_size))
+            rounds: list[tuple[float, float, float]] = []  # (cleanup, floor, sorted floor) s
+            for round_no in range(1, args.repeat + 1):
+                if round_no > 1:
+                    restore(engine, table, copy)
+                err.print(f"[{backend}] {table.name}: cleanup (round {round_no}) …")
+                cleanup_s, deleted, batches = run_cleanup(engine, table, args.batch_size)
+                gone = sorted(before - all_ids(engine, table))
+                assert len(gone) == deleted == sum(len(b) for b in batches)
+                restore(engine, table, copy)
+                err.print(f"[{backend}] {table.name}: floor (round {round_no}) …")
+                floor_s = run_floor(engine, table, batches)
+                restore(engine, table, copy)
+                err.print(f"[{backend}] {table.name}: sorted floor (round {round_no}) …")
+                sorted_floor_s = run_floor(engine, table, sorted_batches(gone, args.batch_size))
+                rounds.append((cleanup_s, floor_s, sorted_floor_s))
+            cleanup_s = statistics.median(r[0] for r in rounds)
             peer_text, ratio_text = "skipped", "–"
             if args.peer_timebox > 0:
                 restore(engine, table, copy)
@@ -589,11 +622,12 @@ def main(argv: list[str]) -> int:
                 f"{len(before):,}",
                 f"{old:,}",
                 f"{deleted:,}",
-                f"{cleanup_s:.2f}",
+                spread([r[0] for r in rounds], "{:.2f}"),
                 f"{deciding_s:.2f}",
-                f"{floor_s:.2f}",
-                f"{cleanup_s / floor_s:.2f}×" if floor_s else "–",
-                f"{sorted_floor_s:.2f}",
+                spread([r[1] for r in rounds], "{:.2f}"),
+                # paired: each round's cleanup against the floor measured right after it
+                spread([r[0] / r[1] for r in rounds if r[1]], "{:.2f}×"),
+                spread([r[2] for r in rounds], "{:.2f}"),
                 peer_text,
                 ratio_text,
                 f"{cleanup_s / max(old, 1) * 1e6:.1f}",

@@ -160,6 +160,12 @@ def test_sqlite_is_set_up_for_concurrent_use(engine: Engine, backend: db.Backend
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_MS
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        # R11 on SQLite: the cleanup's batches commit without a checkpoint after each one.
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -db.SQLITE_CACHE_KIB
+        checkpoint = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        assert checkpoint == db.SQLITE_WAL_AUTOCHECKPOINT_PAGES
+        limit = conn.exec_driver_sql("PRAGMA journal_size_limit").scalar()
+        assert limit == db.SQLITE_WAL_SIZE_LIMIT_BYTES
     fast = db.make_engine(engine.url, connect_args={"timeout": 0.05})
     fast_busy = 50
 

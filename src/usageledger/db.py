@@ -37,6 +37,18 @@ DEFAULT_DB_URL = "sqlite:///usageledger.db"
 
 #: SQLite waits this long for another writer before giving up with "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: SQLite page cache per connection, in KiB (SQLite's default is 2 MiB). It fills only as pages
+#: are read, so it bounds memory; a cleanup's or backfill's deletes and inserts touch random
+#: pages of every index of a large event table, which a 2 MiB cache keeps reading again.
+SQLITE_CACHE_KIB = 64 * 1024
+#: Pages in the WAL before a committing connection checkpoints it (SQLite's default is 1,000).
+#: A batch of 1,000 deletes dirties a few thousand index pages, so at the default nearly every
+#: batch commit copies its pages back and syncs the file, and the next batch dirties the same
+#: hot pages again; at 20,000 (about 80 MiB of WAL) those pages are checkpointed once per many
+#: batches. Measured on a 1M-row table: the cleanup 46 s at the defaults, 21 s with both.
+SQLITE_WAL_AUTOCHECKPOINT_PAGES = 20_000
+#: After a checkpoint the WAL file is truncated to this size instead of keeping its peak.
+SQLITE_WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 #: MariaDB's GET_LOCK is asked with this positive timeout and retried while waiting (SPEC B8:
 #: a negative timeout returns NULL on MariaDB instead of waiting).
 MARIADB_LOCK_POLL_SECONDS = 5
@@ -264,6 +276,9 @@ def _configure_sqlite(engine: Engine, *, create: bool) -> None:
                 cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+            cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
+            cursor.execute(f"PRAGMA journal_size_limit = {SQLITE_WAL_SIZE_LIMIT_BYTES}")
         finally:
             cursor.close()
         dbapi_connection.create_function(
@@ -966,11 +981,11 @@ def stream_rows(
     the server is still producing the rest (the cleanup's decision walk reads every row of a
     large id range this way: the server's work and the client's fold overlap).
 
-    PostgreSQL: psycopg's chunked streaming of one statement (SQLAlchemy's `stream_results`
-    would declare a named cursor and pay one round trip per chunk). MariaDB: PyMySQL's
-    unbuffered cursor. Both get the statement with its values rendered as literals, so the
-    columns' own bind conversions (UTC timestamps) apply; the values are the caller's own
-    numbers, dates and state names. SQLite: the statement steps as it is read.
+    PostgreSQL: psycopg's chunked streaming of one statement, in binary (SQLAlchemy's
+    `stream_results` would declare a named cursor and pay one round trip per chunk).
+    MariaDB: PyMySQL's unbuffered cursor. Both get the statement with its values rendered as
+    literals, so the columns' own bind conversions (UTC timestamps) apply; the values are the
+    caller's own numbers, dates and state names. SQLite: the statement steps as it is read.
     Read the iterator to its end or close it; the connection is busy until then.
     """
     backend = backend_of(conn)
@@ -986,7 +1001,9 @@ def stream_rows(
     driver = conn.connection.driver_connection
     assert driver is not None
     if backend is Backend.POSTGRESQL and psycopg_streams_in_chunks():
-        with driver.cursor() as cursor:
+        # Binary results: ints arrive as 8 bytes, not digits to parse; text is the same bytes.
+        # The decision walk of 200k rows took 0.16 s in text and 0.11 s in binary.
+        with driver.cursor(binary=True) as cursor:
             chunk: list[tuple[Any, ...]] = []
             # No parameters: psycopg sends the text as it is, without placeholder parsing.
             for row in cursor.stream(sql, size=chunk_rows):
@@ -999,7 +1016,7 @@ def stream_rows(
         return
     if backend is Backend.POSTGRESQL:
         # An older libpq: a server-side cursor, one FETCH per chunk, in the caller's transaction.
-        with driver.cursor(name="usageledger_stream") as named:
+        with driver.cursor(name="usageledger_stream", binary=True) as named:
             named.execute(sql)
             while rows := named.fetchmany(chunk_rows):
                 yield list(rows)
