@@ -17,6 +17,8 @@ measures on identical copies of the table:
            extrapolated linearly, which understates its cost);
 
 with `--repeat N`, the cleanup and both floors N times each (median and range; the peer once);
+with `--reclaim`, the disk space of the app table before and after a cleanup and after giving
+the space back (VACUUM, VACUUM FULL, OPTIMIZE TABLE), while a producer inserts;
 
 then prints the query plans on the backend and the row count over 90 simulated days of daily
 cleanups with a constant running set. Not part of the test suite.
@@ -30,6 +32,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -453,6 +456,95 @@ def plans(engine: Engine, table: sa.Table, batch_size: int) -> dict[str, list[st
     return found
 
 
+# --- disk space after a cleanup -------------------------------------------------------------
+
+#: How each backend gives a table's freed space back, as an operator would run it.
+RECLAIM_STATEMENTS: dict[db.Backend, list[tuple[str, str]]] = {
+    db.Backend.POSTGRESQL: [
+        ("VACUUM", "VACUUM app_usage_events"),
+        ("VACUUM FULL", "VACUUM FULL app_usage_events"),
+    ],
+    db.Backend.MARIADB: [("OPTIMIZE TABLE", "OPTIMIZE TABLE app_usage_events")],
+    db.Backend.SQLITE: [("VACUUM", "VACUUM")],
+}
+
+
+def space_used(engine: Engine) -> str:
+    """What app_usage_events takes on disk, in the backend's own terms."""
+    mib = 2**20
+    with engine.connect() as conn:
+        backend = db.backend_of(conn)
+        if backend is db.Backend.POSTGRESQL:
+            size = conn.exec_driver_sql("SELECT pg_total_relation_size('app_usage_events')")
+            return f"{size.scalar_one() / mib:.0f} MiB (table and indexes)"
+        if backend is db.Backend.MARIADB:
+            data, index, free = conn.exec_driver_sql(
+                "SELECT data_length, index_length, data_free FROM information_schema.tables"
+                " WHERE table_schema = DATABASE() AND table_name = 'app_usage_events'"
+            ).one()
+            return f"{(data + index) / mib:.0f} MiB (+ {free / mib:.0f} MiB free in the file)"
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+        free_pages = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
+        page = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+        return f"{pages * page / mib:.0f} MiB file, {free_pages / pages:.0%} of its pages free"
+
+
+def reclaim(engine: Engine, statement: str) -> tuple[float, float, int]:
+    """Run `statement` while a producer inserts one row every 20 ms on its own connection:
+    (seconds it took, the producer's longest insert in seconds, inserts made)."""
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def produce() -> None:
+        with engine.connect() as conn:
+            while not stop.is_set():
+                row = _app_row("STARTED", NOW, str(uuid.uuid4()), task=False, staging=False)
+                started = time.perf_counter()
+                with conn.begin():
+                    conn.execute(app_usage_events.insert(), row)
+                waits.append(time.perf_counter() - started)
+                time.sleep(0.02)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(0.3)
+    started = time.perf_counter()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        result = conn.exec_driver_sql(statement)
+        if result.returns_rows:  # MariaDB's OPTIMIZE reports a status table
+            result.all()
+    took = time.perf_counter() - started
+    time.sleep(0.3)
+    stop.set()
+    producer.join()
+    return took, max(waits), len(waits)
+
+
+def space_after_cleanup(engine: Engine, batch_size: int) -> list[str]:
+    """Clean the (full) app table, then give the space back each way the backend has."""
+    if db.backend_of(engine) is db.Backend.SQLITE:
+        # The file still holds the pages of the bench's own dropped copies: start without them.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM")
+    lines = [f"before the cleanup: {space_used(engine)}"]
+    result = cleanup(
+        engine,
+        app_usage_events,
+        cutoff_age_in_days=CUTOFF_DAYS,
+        batch_size=batch_size,
+        clock=SimulatedClock(NOW),
+    )
+    lines.append(f"after the cleanup ({result.deleted:,} rows deleted): {space_used(engine)}")
+    for label, statement in RECLAIM_STATEMENTS[db.backend_of(engine)]:
+        err.print(f"{label} …")
+        took, worst, inserts = reclaim(engine, statement)
+        lines.append(
+            f"after {label} ({took:.1f} s; a producer's slowest of {inserts} inserts meanwhile:"
+            f" {worst:.2f} s): {space_used(engine)}"
+        )
+    return lines
+
+
 # --- 90 days of daily cleanups --------------------------------------------------------------
 
 
@@ -541,6 +633,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--per-day", type=int, default=2000, help="events per simulated day")
     parser.add_argument("--running", type=int, default=300, help="steady running processes")
     parser.add_argument("--no-plans", action="store_true")
+    parser.add_argument(
+        "--reclaim",
+        action="store_true",
+        help="then clean the app table once more and measure giving its space back",
+    )
     parser.add_argument("--keep-database", action="store_true")
     args = parser.parse_args(argv)
 
@@ -649,6 +746,11 @@ def main(argv: list[str]) -> int:
                     text = POSSIBLE_KEYS.sub("", line)
                     text = text if len(text) <= 150 else text[:147] + "..."
                     out.print(f"    {text}", markup=False)
+        if args.reclaim:
+            err.print(f"[{backend}] disk space after a cleanup …")
+            out.print(f"[bold]disk space of app_usage_events on {backend}[/bold]")
+            for line in space_after_cleanup(engine, args.batch_size):
+                out.print(f"    {line}", markup=False)
         if args.days > 0:
             err.print(f"[{backend}] {args.days} simulated days …")
             counts = daily_simulation(engine, args.days, args.per_day, args.running, args.seed)
