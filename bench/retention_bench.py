@@ -325,11 +325,14 @@ def run_decision(engine: Engine, table: sa.Table) -> float:
 def run_floor(engine: Engine, table: sa.Table, batches: list[list[int]]) -> float:
     """Delete the given id batches in order, each its own transaction, deciding nothing."""
     started = time.perf_counter()
+    # The cleanup's own connection settings (db.bulk_deletes): the floor differs in deciding
+    # nothing, not in how its deletes commit.
     with engine.connect() as conn:
         db.use_read_committed(conn)
-        for ids in batches:
-            with conn.begin():
-                conn.execute(delete_ids_statement(conn, table, ids))
+        with db.bulk_deletes(conn):
+            for ids in batches:
+                with conn.begin():
+                    conn.execute(delete_ids_statement(conn, table, ids))
     return time.perf_counter() - started
 
 
@@ -404,17 +407,18 @@ def run_peer(
     started = time.perf_counter()
     with engine.connect() as conn:
         db.use_read_committed(conn)
-        for make in queries:
-            while True:
-                with conn.begin():
-                    ids = list(conn.execute(make()).scalars())
-                    if not ids:
-                        break
-                    deleted += conn.execute(delete_ids_statement(conn, table, ids)).rowcount
-                elapsed = time.perf_counter() - started
-                if elapsed > timebox:
-                    rate = elapsed / max(deleted, 1)
-                    return rate * expected, deleted, False
+        with db.bulk_deletes(conn):  # as the cleanup's and the floor's connections
+            for make in queries:
+                while True:
+                    with conn.begin():
+                        ids = list(conn.execute(make()).scalars())
+                        if not ids:
+                            break
+                        deleted += conn.execute(delete_ids_statement(conn, table, ids)).rowcount
+                    elapsed = time.perf_counter() - started
+                    if elapsed > timebox:
+                        rate = elapsed / max(deleted, 1)
+                        return rate * expected, deleted, False
     return time.perf_counter() - started, deleted, True
 
 
@@ -470,53 +474,74 @@ RECLAIM_STATEMENTS: dict[db.Backend, list[tuple[str, str]]] = {
 
 
 def space_used(engine: Engine) -> str:
-    """What app_usage_events takes on disk, in the backend's own terms."""
+    """What app_usage_events takes on disk, in the backend's own terms; on SQLite the whole
+    file (both event tables) and its WAL."""
     mib = 2**20
+    name = app_usage_events.name
     with engine.connect() as conn:
         backend = db.backend_of(conn)
         if backend is db.Backend.POSTGRESQL:
-            size = conn.exec_driver_sql("SELECT pg_total_relation_size('app_usage_events')")
+            size = conn.exec_driver_sql(f"SELECT pg_total_relation_size('{name}')")
             return f"{size.scalar_one() / mib:.0f} MiB (table and indexes)"
         if backend is db.Backend.MARIADB:
+            # information_schema's sizes are InnoDB's estimates, refreshed by ANALYZE TABLE.
+            conn.exec_driver_sql(f"ANALYZE TABLE {name}").all()
             data, index, free = conn.exec_driver_sql(
                 "SELECT data_length, index_length, data_free FROM information_schema.tables"
-                " WHERE table_schema = DATABASE() AND table_name = 'app_usage_events'"
+                f" WHERE table_schema = DATABASE() AND table_name = '{name}'"
             ).one()
             return f"{(data + index) / mib:.0f} MiB (+ {free / mib:.0f} MiB free in the file)"
         pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
         free_pages = conn.exec_driver_sql("PRAGMA freelist_count").scalar_one()
         page = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
-        return f"{pages * page / mib:.0f} MiB file, {free_pages / pages:.0%} of its pages free"
+        path = db.sqlite_path(engine.url)
+        wal = Path(f"{path}-wal") if path is not None else None
+        wal_mib = wal.stat().st_size / mib if wal is not None and wal.exists() else 0.0
+        return (
+            f"{pages * page / mib:.0f} MiB file, {free_pages / pages:.0%} of its pages free,"
+            f" {wal_mib:.0f} MiB WAL"
+        )
 
 
 def reclaim(engine: Engine, statement: str) -> tuple[float, float, int]:
     """Run `statement` while a producer inserts one row every 20 ms on its own connection:
-    (seconds it took, the producer's longest insert in seconds, inserts made)."""
+    (seconds it took, the producer's longest insert in seconds, inserts made). A failure of
+    either side fails the bench; the producer stops either way."""
     waits: list[float] = []
+    failures: list[BaseException] = []
     stop = threading.Event()
 
     def produce() -> None:
-        with engine.connect() as conn:
-            while not stop.is_set():
-                row = _app_row("STARTED", NOW, str(uuid.uuid4()), task=False, staging=False)
-                started = time.perf_counter()
-                with conn.begin():
-                    conn.execute(app_usage_events.insert(), row)
-                waits.append(time.perf_counter() - started)
-                time.sleep(0.02)
+        try:
+            with engine.connect() as conn:
+                while not stop.is_set():
+                    row = _app_row("STARTED", NOW, str(uuid.uuid4()), task=False, staging=False)
+                    started = time.perf_counter()
+                    with conn.begin():
+                        conn.execute(app_usage_events.insert(), row)
+                    waits.append(time.perf_counter() - started)
+                    time.sleep(0.02)
+        except BaseException as exc:
+            failures.append(exc)
 
-    producer = threading.Thread(target=produce)
+    producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    time.sleep(0.3)
-    started = time.perf_counter()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        result = conn.exec_driver_sql(statement)
-        if result.returns_rows:  # MariaDB's OPTIMIZE reports a status table
-            result.all()
-    took = time.perf_counter() - started
-    time.sleep(0.3)
-    stop.set()
-    producer.join()
+    try:
+        time.sleep(0.3)
+        started = time.perf_counter()
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            result = conn.exec_driver_sql(statement)
+            if result.returns_rows:  # MariaDB's OPTIMIZE reports a status table
+                result.all()
+        took = time.perf_counter() - started
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        producer.join(timeout=60)
+    if failures:
+        raise RuntimeError(f"the producer failed during {statement}") from failures[0]
+    if not waits:
+        raise RuntimeError(f"the producer inserted nothing during {statement}")
     return took, max(waits), len(waits)
 
 

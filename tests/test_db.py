@@ -102,8 +102,9 @@ def test_sql_new_guid_is_fresh_per_row(engine: Engine) -> None:
 
 
 def test_isolation_applies_to_one_transaction(engine: Engine, backend: db.Backend) -> None:
-    """B3: a backfill batch's READ COMMITTED applies to that one transaction; the connection's
-    next transaction has the server's default level again."""
+    """B3 and C1: a transaction's own isolation level (a backfill batch's, a consumer batch's
+    READ COMMITTED) applies to that one transaction; the connection's next transaction has the
+    server's default level again."""
     if backend is db.Backend.SQLITE:
         pytest.skip("SQLite transactions are always serializable")
     query = (
@@ -118,7 +119,17 @@ def test_isolation_applies_to_one_transaction(engine: Engine, backend: db.Backen
         db.Isolation.REPEATABLE_READ if default == "READ COMMITTED" else db.Isolation.READ_COMMITTED
     )
     with db.transaction(engine, isolation=wanted) as conn:
-        inside = str(conn.exec_driver_sql(query).scalar()).replace("-", " ").upper()
+        if backend is db.Backend.MARIADB:
+            # The level is the transaction's own (SET TRANSACTION), which @@tx_isolation does
+            # not show: ask InnoDB about the transaction once a read has started it.
+            conn.exec_driver_sql("SELECT count(*) FROM organizations").scalar()
+            level = conn.exec_driver_sql(
+                "SELECT trx_isolation_level FROM information_schema.innodb_trx"
+                " WHERE trx_mysql_thread_id = CONNECTION_ID()"
+            ).scalar()
+        else:
+            level = conn.exec_driver_sql(query).scalar()
+        inside = str(level).replace("-", " ").upper()
     with engine.connect() as conn:
         after = str(conn.exec_driver_sql(query).scalar()).replace("-", " ").upper()
     assert inside == wanted.value
@@ -160,12 +171,6 @@ def test_sqlite_is_set_up_for_concurrent_use(engine: Engine, backend: db.Backend
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_MS
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        # R11 on SQLite: the cleanup's batches commit without a checkpoint after each one.
-        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -db.SQLITE_CACHE_KIB
-        checkpoint = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
-        assert checkpoint == db.SQLITE_WAL_AUTOCHECKPOINT_PAGES
-        limit = conn.exec_driver_sql("PRAGMA journal_size_limit").scalar()
-        assert limit == db.SQLITE_WAL_SIZE_LIMIT_BYTES
     fast = db.make_engine(engine.url, connect_args={"timeout": 0.05})
     fast_busy = 50
 

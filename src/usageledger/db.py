@@ -37,18 +37,11 @@ DEFAULT_DB_URL = "sqlite:///usageledger.db"
 
 #: SQLite waits this long for another writer before giving up with "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: SQLite page cache per connection, in KiB (SQLite's default is 2 MiB). It fills only as pages
-#: are read, so it bounds memory; a cleanup's or backfill's deletes and inserts touch random
-#: pages of every index of a large event table, which a 2 MiB cache keeps reading again.
-SQLITE_CACHE_KIB = 64 * 1024
-#: Pages in the WAL before a committing connection checkpoints it (SQLite's default is 1,000).
-#: A batch of 1,000 deletes dirties a few thousand index pages, so at the default nearly every
-#: batch commit copies its pages back and syncs the file, and the next batch dirties the same
-#: hot pages again; at 20,000 (about 80 MiB of WAL) those pages are checkpointed once per many
-#: batches. Measured on a 1M-row table: the cleanup 46 s at the defaults, 21 s with both.
-SQLITE_WAL_AUTOCHECKPOINT_PAGES = 20_000
-#: After a checkpoint the WAL file is truncated to this size instead of keeping its peak.
-SQLITE_WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+#: A cleanup's own SQLite connection, for the run (see `bulk_deletes`): its page cache in KiB
+#: (SQLite's default is 2 MiB) ...
+SQLITE_BULK_CACHE_KIB = 64 * 1024
+#: ... and the WAL size, in pages, at which its commits checkpoint (SQLite's default: 1,000).
+SQLITE_BULK_AUTOCHECKPOINT_PAGES = 20_000
 #: MariaDB's GET_LOCK is asked with this positive timeout and retried while waiting (SPEC B8:
 #: a negative timeout returns NULL on MariaDB instead of waiting).
 MARIADB_LOCK_POLL_SECONDS = 5
@@ -276,9 +269,6 @@ def _configure_sqlite(engine: Engine, *, create: bool) -> None:
                 cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
-            cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
-            cursor.execute(f"PRAGMA journal_size_limit = {SQLITE_WAL_SIZE_LIMIT_BYTES}")
         finally:
             cursor.close()
         dbapi_connection.create_function(
@@ -307,19 +297,18 @@ def transaction(
 ) -> Iterator[Connection]:
     """One transaction on its own connection, committed on success, rolled back on error.
 
-    `isolation` applies to this transaction only (SQLite is always serializable). A read-only
-    transaction on SQLite takes no write lock; on PostgreSQL and MariaDB it is declared READ ONLY.
+    `isolation` applies to this transaction only (SQLite is always serializable), declared by
+    its first statement rather than set on the driver's connection: psycopg refuses to change a
+    connection's level while it believes a transaction is open, which a connection killed
+    mid-transaction can leave it believing. A read-only transaction on SQLite takes no write
+    lock; on PostgreSQL and MariaDB it is declared READ ONLY.
     """
-    options: dict[str, Any] = {}
-    backend = backend_of(engine)
-    if isolation is not None and backend is not Backend.SQLITE:
-        options["isolation_level"] = isolation.value
-    if read_only:
-        options[READ_ONLY_OPTION] = True
     with engine.connect() as conn:
-        if options:
-            conn = conn.execution_options(**options)
+        if read_only:
+            conn = conn.execution_options(**{READ_ONLY_OPTION: True})
         with conn.begin():
+            if isolation is not None and backend_of(conn) is not Backend.SQLITE:
+                conn.execute(sa.text(f"SET TRANSACTION ISOLATION LEVEL {isolation.value}"))
             if read_only:
                 _declare_read_only(conn)
             yield conn
@@ -949,6 +938,49 @@ def use_read_committed(conn: Connection) -> None:
     """
     if backend_of(conn) is not Backend.SQLITE:
         conn.execution_options(isolation_level=Isolation.READ_COMMITTED.value)
+
+
+@contextmanager
+def bulk_deletes(conn: Connection) -> Iterator[None]:
+    """Set this connection up for a run of many delete batches, and back afterwards.
+
+    SQLite only. A batch of 1,000 deletes dirties a few thousand pages, most of them index pages
+    at random; at SQLite's defaults nearly every batch commit is followed by a checkpoint that
+    copies them back into the file and syncs it, and the next batch dirties the same hot pages
+    again, read through a 2 MiB cache. For the run the connection checkpoints every 20,000 pages
+    with a 64 MiB cache (a 1M-row cleanup: 46 s at the defaults, about 20 s so). Afterwards it
+    gets its own settings back, frees that cache, and checkpoints the WAL down to nothing unless
+    a reader or writer is in the way (it does not wait for them).
+
+    Only this connection changes: the platform's commits keep checkpointing at 1,000 pages, so
+    their durability and the size of the WAL outside a cleanup stay as they were.
+    """
+    if backend_of(conn) is not Backend.SQLITE:
+        yield
+        return
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    before = {
+        name: int(raw.execute(f"PRAGMA {name}").fetchone()[0])
+        for name in ("cache_size", "wal_autocheckpoint", "busy_timeout")
+    }
+    raw.execute(f"PRAGMA cache_size = -{SQLITE_BULK_CACHE_KIB}")
+    raw.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_BULK_AUTOCHECKPOINT_PAGES}")
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        # A connection closed under the run needs nothing back (and must not hide its error).
+        with suppress(raw.ProgrammingError):
+            for name in ("cache_size", "wal_autocheckpoint"):
+                raw.execute(f"PRAGMA {name} = {before[name]}")
+            if finished and not raw.in_transaction:
+                raw.execute("PRAGMA busy_timeout = 0")
+                try:
+                    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                finally:
+                    raw.execute(f"PRAGMA busy_timeout = {before['busy_timeout']}")
 
 
 @contextmanager

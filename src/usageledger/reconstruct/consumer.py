@@ -235,7 +235,12 @@ def consume_batch(
     driver's row tuples) and written with one statement per ledger table: the touched
     resources' states are taken out and written back, the closed segments appended.
     """
-    with db.transaction(ledger_engine) as lconn:
+    # READ COMMITTED: at MariaDB's default REPEATABLE READ, taking the states of resources
+    # the ledger does not hold yet locks the gaps around their keys, and another batch's
+    # insert into such a gap waits (a batch of the other table, or of another consumer),
+    # or deadlocks. Nothing here needs the stronger level: this consumer's rows for this
+    # table are written only under the cursor lock taken first.
+    with db.transaction(ledger_engine, isolation=db.Isolation.READ_COMMITTED) as lconn:
         now = clock.now(lconn)
         cursor = ledger_store.lock_cursor(lconn, consumer, table, now)
         known = ledger_store.open_gaps(lconn, consumer, table)

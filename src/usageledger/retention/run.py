@@ -203,11 +203,13 @@ def _run_connection(bind: Engine | Connection) -> Iterator[Connection]:
         if bind.in_transaction():
             raise ValueError("cleanup runs its own transactions; pass a connection outside one")
         db.use_read_committed(bind)
-        yield bind
+        with db.bulk_deletes(bind):
+            yield bind
         return
     with bind.connect() as conn:
         db.use_read_committed(conn)
-        yield conn
+        with db.bulk_deletes(conn):
+            yield conn
 
 
 def _delete_batch(
