@@ -955,8 +955,8 @@ def bulk_deletes(conn: Connection) -> Iterator[None]:
     Only this connection changes: the platform's commits keep checkpointing at 1,000 pages, so
     their durability and the size of the WAL outside a cleanup stay as they were.
     """
-    if backend_of(conn) is not Backend.SQLITE:
-        yield
+    if backend_of(conn) is not Backend.SQLITE or conn.info.get(_BULK_DELETES):
+        yield  # a server, or a run that already set it up (each pass of a cleanup asks)
         return
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -966,21 +966,29 @@ def bulk_deletes(conn: Connection) -> Iterator[None]:
     }
     raw.execute(f"PRAGMA cache_size = -{SQLITE_BULK_CACHE_KIB}")
     raw.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_BULK_AUTOCHECKPOINT_PAGES}")
+    conn.info[_BULK_DELETES] = True
     finished = False
     try:
         yield
         finished = True
     finally:
+        conn.info.pop(_BULK_DELETES, None)
         # A connection closed under the run needs nothing back (and must not hide its error).
         with suppress(raw.ProgrammingError):
             for name in ("cache_size", "wal_autocheckpoint"):
                 raw.execute(f"PRAGMA {name} = {before[name]}")
-            if finished and not raw.in_transaction:
+        if finished and not raw.in_transaction:
+            # Best effort: the deletes are committed whatever happens to this checkpoint.
+            with suppress(raw.Error):
                 raw.execute("PRAGMA busy_timeout = 0")
                 try:
                     raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 finally:
                     raw.execute(f"PRAGMA busy_timeout = {before['busy_timeout']}")
+
+
+#: `Connection.info` key: this connection is set up for a run of deletes (`bulk_deletes`).
+_BULK_DELETES = "usageledger_bulk_deletes"
 
 
 @contextmanager

@@ -60,7 +60,10 @@ def _held_after_segments(table: str) -> Iterator[tuple[threading.Event, threadin
         real(conn, consumer_name, source_table, **kw)
 
     with mock.patch.object(ledger_store, "record_gaps", record_gaps):
-        yield written, release
+        try:
+            yield written, release
+        finally:
+            release.set()  # a failed assertion must not leave the batch's transaction open
 
 
 def _in_thread(work: Callable[[], object], errors: list[BaseException]) -> threading.Thread:
@@ -89,7 +92,8 @@ def test_c1_batches_of_one_table_commit_their_segments_in_id_order(
 ) -> None:
     """C1: two processes of one consumer on one table take turns on its cursor, so the second
     batch writes its segments only after the first committed: a reader of the table's segments
-    by id never sees a higher id before a lower one."""
+    by id never sees a higher id before a lower one. (On SQLite the second batch already waits
+    for the first one's write lock, at BEGIN.)"""
     insert_app(
         engine,
         app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"),

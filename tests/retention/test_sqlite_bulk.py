@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,8 +16,10 @@ from sqlalchemy.engine import URL, Engine
 
 from tests.retention.history import CUTOFF_DAYS, clock, load, realistic_history
 from usageledger import db
-from usageledger.lifecycles import APP_USAGE_EVENTS
-from usageledger.retention import cleanup
+from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS
+from usageledger.retention import cleanup_tables, plan_cleanup
+
+TABLES = [APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS]
 
 SETTINGS = ("cache_size", "wal_autocheckpoint")
 
@@ -41,34 +44,45 @@ def sqlite_only(backend: db.Backend) -> None:
 @pytest.mark.usefixtures("sqlite_only")
 def test_r8_every_delete_batch_runs_with_the_bulk_settings_and_only_then(engine: Engine) -> None:
     """R8 on SQLite: each batch still commits on its own, but its commit no longer checkpoints
-    the WAL: the connection that deletes has the bulk settings at every DELETE, and the same
-    pooled connection has SQLite's own settings again after the run."""
-    load(engine, APP_USAGE_EVENTS, realistic_history(APP_USAGE_EVENTS, seed=3, resources=20))
-    with engine.connect() as conn:
-        defaults = _settings(conn.connection.driver_connection)
-    seen: list[dict[str, int]] = []
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def _at_delete(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("DELETE"):
-            seen.append(_settings(conn.connection.driver_connection))
-
-    try:
-        result = cleanup(
-            engine, APP_USAGE_EVENTS, cutoff_age_in_days=CUTOFF_DAYS, batch_size=2, clock=clock()
-        )
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", _at_delete)
-    assert result.deleted > 2, "the history gave the cleanup too little to delete"
+    the WAL: the connection that deletes has the bulk settings at every DELETE of both tables,
+    its own settings again after the run, and the run checkpoints the WAL once at its end,
+    not once per pass or table. A dry run and a plan change nothing on the connection."""
+    for table, seed in ((APP_USAGE_EVENTS, 3), (SERVICE_USAGE_EVENTS, 4)):
+        load(engine, table, realistic_history(table, seed=seed, resources=20))
     bulk = {
         "cache_size": -db.SQLITE_BULK_CACHE_KIB,
         "wal_autocheckpoint": db.SQLITE_BULK_AUTOCHECKPOINT_PAGES,
     }
-    assert len(seen) == result.batches
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        defaults = _settings(raw)
+        assert defaults != bulk
+        statements: list[str] = []
+        raw.set_trace_callback(statements.append)  # raw PRAGMAs bypass SQLAlchemy's events
+        seen: list[dict[str, int]] = []
+
+        @sa.event.listens_for(conn, "before_cursor_execute")
+        def _at_delete(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if statement.lstrip().upper().startswith("DELETE"):
+                seen.append(_settings(raw))
+
+        def checkpoints() -> int:
+            return sum("wal_checkpoint" in statement for statement in statements)
+
+        options: dict[str, Any] = {"cutoff_age_in_days": CUTOFF_DAYS, "clock": clock()}
+        cleanup_tables(conn, TABLES, batch_size=2, dry_run=True, **options)
+        plan_cleanup(conn, APP_USAGE_EVENTS, cutoff=clock().now() - timedelta(CUTOFF_DAYS))
+        assert (seen, checkpoints(), _settings(raw)) == ([], 0, defaults)
+
+        results = cleanup_tables(conn, TABLES, batch_size=2, **options)
+        raw.set_trace_callback(None)
+        after = _settings(raw)
+    assert all(result.deleted > 2 for result in results), "too little to delete"
+    assert len(seen) == sum(result.batches for result in results)
     assert all(settings == bulk for settings in seen)
-    assert defaults != bulk
-    with engine.connect() as conn:  # the pool's one connection, the run's
-        assert _settings(conn.connection.driver_connection) == defaults
+    assert after == defaults
+    assert checkpoints() == 1
 
 
 @pytest.mark.usefixtures("sqlite_only")

@@ -20,7 +20,7 @@ import logging
 import time
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timedelta
 from functools import partial
 from itertools import chain
@@ -197,18 +197,20 @@ def cutoff_for(conn: Connection, clock: Clock, cutoff_age_in_days: int) -> datet
 
 
 @contextmanager
-def _run_connection(bind: Engine | Connection) -> Iterator[Connection]:
-    """One connection for the whole run; each batch is its own transaction on it."""
+def _run_connection(bind: Engine | Connection, *, deletes: bool) -> Iterator[Connection]:
+    """One connection for the whole run; each batch is its own transaction on it. A run that
+    deletes has it set up for many delete batches (`db.bulk_deletes`, once per run however
+    many passes use it); a plan or a dry run leaves it as it is."""
     if isinstance(bind, Connection):
         if bind.in_transaction():
             raise ValueError("cleanup runs its own transactions; pass a connection outside one")
         db.use_read_committed(bind)
-        with db.bulk_deletes(bind):
+        with db.bulk_deletes(bind) if deletes else nullcontext():
             yield bind
         return
     with bind.connect() as conn:
         db.use_read_committed(conn)
-        with db.bulk_deletes(conn):
+        with db.bulk_deletes(conn) if deletes else nullcontext():
             yield conn
 
 
@@ -263,7 +265,7 @@ def plan_cleanup(
     """
     resolved = resolve_table(table)
     lifecycles = check_lifecycles(resolved, keep_running_records=True)
-    with _run_connection(bind) as conn, db.read_only_transaction(conn):
+    with _run_connection(bind, deletes=False) as conn, db.read_only_transaction(conn):
         return _plan(conn, resolved, lifecycles, cutoff, keep_at_least_one_record)
 
 
@@ -448,7 +450,7 @@ def _delete_planned(
         for groups in _batches_in_id_order(ids_by_bucket, batch_size):
             tally.add_batch(_count_batch(groups))
         return tally.result()
-    with _run_connection(bind) as conn:
+    with _run_connection(bind, deletes=True) as conn:
         for groups in _batches_in_id_order(ids_by_bucket, batch_size):
             tally.add_batch(
                 db.retry_conflicts(
@@ -583,7 +585,7 @@ def _walk_old_rows(
         dry_run=dry_run,
     )
     after_id = 0
-    with _run_connection(bind) as conn:
+    with _run_connection(bind, deletes=not dry_run) as conn:
         while after_id < plan.upper_id:
             query = old_rows_page_query(
                 table,
@@ -695,7 +697,7 @@ def cleanup_tables(
     for t in resolved:
         check_lifecycles(t, keep_running_records=keep_running_records)
     results: list[CleanupResult] = []
-    with _run_connection(bind) as conn:
+    with _run_connection(bind, deletes=not dry_run) as conn:
         with db.read_only_transaction(conn):
             cutoff = cutoff_for(conn, clock, cutoff_age_in_days)
         log.info(
