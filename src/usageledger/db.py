@@ -669,6 +669,10 @@ def create_database(server_url: str | URL, name: str) -> URL:
     if backend is Backend.SQLITE:
         base = sqlite_path(parsed)
         folder = base.parent if base is not None else Path(".")
+        if not folder.is_dir():
+            raise DatabaseUnavailableError(
+                f"no folder {str(folder)!r} for a SQLite database beside {str(base)!r}"
+            )
         return parsed.set(database=str(folder / f"{name}.db"))
     admin = make_engine(parsed, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:

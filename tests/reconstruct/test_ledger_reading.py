@@ -79,6 +79,26 @@ def _in_thread(work: Callable[[], object], errors: list[BaseException]) -> threa
     return thread
 
 
+def _run(guid: str, start: float, stop: float) -> list[dict[str, Any]]:
+    """One process run of `guid`: its start and its stop, minutes after T0."""
+    return [
+        app_row("STARTED", app_guid=guid, minute=start, previous_state="STOPPED"),
+        app_row("STOPPED", app_guid=guid, minute=stop, previous_state="STARTED"),
+    ]
+
+
+def _second_while_first_is_held(
+    written: threading.Event,
+    first: Callable[[], object],
+    second: Callable[[], object],
+    errors: list[BaseException],
+) -> tuple[threading.Thread, threading.Thread]:
+    """Start `first`, wait until it is held after writing its segments, then start `second`."""
+    held = _in_thread(first, errors)
+    assert written.wait(timeout=30), "the first batch never wrote its segments"
+    return held, _in_thread(second, errors)
+
+
 def _batch(
     engine: Engine, ledger: Engine, clock: SimulatedClock, table: str, name: str = NAME
 ) -> Callable[[], object]:
@@ -94,19 +114,12 @@ def test_c1_batches_of_one_table_commit_their_segments_in_id_order(
     batch writes its segments only after the first committed: a reader of the table's segments
     by id never sees a higher id before a lower one. (On SQLite the second batch already waits
     for the first one's write lock, at BEGIN.)"""
-    insert_app(
-        engine,
-        app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"),
-        app_row("STOPPED", app_guid="p1", minute=5, previous_state="STARTED"),
-        app_row("STARTED", app_guid="p2", minute=6, previous_state="STOPPED"),
-        app_row("STOPPED", app_guid="p2", minute=9, previous_state="STARTED"),
-    )
+    insert_app(engine, *_run("p1", 0, 5), *_run("p2", 6, 9))
     ledger_store.ensure_cursor(ledger, NAME, APP_USAGE_EVENTS, clock)
     errors: list[BaseException] = []
     with _held_after_segments(APP_USAGE_EVENTS) as (written, release):
-        first = _in_thread(_batch(engine, ledger, clock, APP_USAGE_EVENTS), errors)
-        assert written.wait(timeout=30), "the first batch never wrote its segments"
-        second = _in_thread(_batch(engine, ledger, clock, APP_USAGE_EVENTS), errors)
+        batch = _batch(engine, ledger, clock, APP_USAGE_EVENTS)
+        first, second = _second_while_first_is_held(written, batch, batch, errors)
         second.join(timeout=SETTLE_SECONDS)
         assert second.is_alive(), "the second batch did not wait for the first one's cursor"
         assert _segments(ledger) == [], "a segment showed before its batch committed"
@@ -131,11 +144,7 @@ def test_c1_segments_of_two_tables_can_commit_out_of_id_order(
     docs/consumer-rules.md says to read the ledger per consumer and source table."""
     if backend is db.Backend.SQLITE:
         pytest.skip("SQLite has one writer at a time: the second batch waits at BEGIN")
-    insert_app(
-        engine,
-        app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"),
-        app_row("STOPPED", app_guid="p1", minute=5, previous_state="STARTED"),
-    )
+    insert_app(engine, *_run("p1", 0, 5))
     insert_service(
         engine,
         service_row("CREATED", instance="s1", minute=1),
@@ -145,9 +154,12 @@ def test_c1_segments_of_two_tables_can_commit_out_of_id_order(
         ledger_store.ensure_cursor(ledger, NAME, table, clock)
     errors: list[BaseException] = []
     with _held_after_segments(APP_USAGE_EVENTS) as (written, release):
-        app_batch = _in_thread(_batch(engine, ledger, clock, APP_USAGE_EVENTS), errors)
-        assert written.wait(timeout=30), "the app batch never wrote its segments"
-        service_batch = _in_thread(_batch(engine, ledger, clock, SERVICE_USAGE_EVENTS), errors)
+        app_batch, service_batch = _second_while_first_is_held(
+            written,
+            _batch(engine, ledger, clock, APP_USAGE_EVENTS),
+            _batch(engine, ledger, clock, SERVICE_USAGE_EVENTS),
+            errors,
+        )
         service_batch.join(timeout=30)
         assert not service_batch.is_alive(), "the service batch waited for the app batch"
         # A reader following every segment of the consumer by id reads now ...
@@ -175,18 +187,17 @@ def test_c1_batches_of_two_consumers_do_not_wait_for_each_other(
     of resources the ledger does not hold yet locked the gap the second one inserts into)."""
     if backend is db.Backend.SQLITE:
         pytest.skip("SQLite has one writer at a time: the second batch waits at BEGIN")
-    insert_app(
-        engine,
-        app_row("STARTED", app_guid="p1", minute=0, previous_state="STOPPED"),
-        app_row("STOPPED", app_guid="p1", minute=5, previous_state="STARTED"),
-    )
+    insert_app(engine, *_run("p1", 0, 5))
     for name in (NAME, "audit"):
         ledger_store.ensure_cursor(ledger, name, APP_USAGE_EVENTS, clock)
     errors: list[BaseException] = []
     with _held_after_segments(APP_USAGE_EVENTS) as (written, release):
-        held = _in_thread(_batch(engine, ledger, clock, APP_USAGE_EVENTS), errors)
-        assert written.wait(timeout=30), "the first consumer's batch never wrote its segments"
-        other = _in_thread(_batch(engine, ledger, clock, APP_USAGE_EVENTS, "audit"), errors)
+        held, other = _second_while_first_is_held(
+            written,
+            _batch(engine, ledger, clock, APP_USAGE_EVENTS),
+            _batch(engine, ledger, clock, APP_USAGE_EVENTS, "audit"),
+            errors,
+        )
         other.join(timeout=30)
         other_done = not other.is_alive()
         release.set()

@@ -107,6 +107,7 @@ def test_cli_simulate_on_a_server(
         ["--strategy", "chaos"],
         ["--scenario", "x.json", "--seed", "2"],
         ["--backend-url", "nosuch://x"],
+        ["--backend-url", "sqlite:///no/such/folder/x.db"],
         ["--span-days", "0"],
     ],
 )

@@ -313,13 +313,15 @@ def simulate_command(
     out_dir = out if out is not None else Path(f"simulation-{scenario.seed}")
     server = backend_url or db_url or f"sqlite:///{out_dir / 'simulation.db'}"
     db.parse_url(server)  # a bad URL is bad input before anything is written
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if backend_url is None and db_url is None:
+        out_dir.mkdir(parents=True, exist_ok=True)  # the default scratch file lives in it
     with (
         scratch_database(server, keep=keep_database) as url,
         tempfile.TemporaryDirectory(prefix="usageledger-sim-") as work,
         _progress(show_progress(as_json), scenario) as on_step,
         _quiet_actors(),
     ):
+        out_dir.mkdir(parents=True, exist_ok=True)  # only once the database is there
         result = run_scenario(scenario, url, workdir=Path(work), progress=on_step)
     files = write_outputs(result, out_dir)
     shrink_error = ""
