@@ -325,14 +325,12 @@ def run_decision(engine: Engine, table: sa.Table) -> float:
 def run_floor(engine: Engine, table: sa.Table, batches: list[list[int]]) -> float:
     """Delete the given id batches in order, each its own transaction, deciding nothing."""
     started = time.perf_counter()
-    # The cleanup's own connection settings (db.bulk_deletes): the floor differs in deciding
-    # nothing, not in how its deletes commit.
-    with engine.connect() as conn:
-        db.use_read_committed(conn)
-        with db.bulk_deletes(conn):
-            for ids in batches:
-                with conn.begin():
-                    conn.execute(delete_ids_statement(conn, table, ids))
+    # The cleanup's own connection set-up (READ COMMITTED, db.bulk_deletes): the floor differs
+    # in deciding nothing, not in how its deletes commit.
+    with retention_run._run_connection(engine, deletes=True) as conn:
+        for ids in batches:
+            with conn.begin():
+                conn.execute(delete_ids_statement(conn, table, ids))
     return time.perf_counter() - started
 
 
@@ -405,20 +403,19 @@ def run_peer(
     ] + [lambda: peer_non_openings_query(table, cutoff, newest_id, batch_size)]
     deleted = 0
     started = time.perf_counter()
-    with engine.connect() as conn:
-        db.use_read_committed(conn)
-        with db.bulk_deletes(conn):  # as the cleanup's and the floor's connections
-            for make in queries:
-                while True:
-                    with conn.begin():
-                        ids = list(conn.execute(make()).scalars())
-                        if not ids:
-                            break
-                        deleted += conn.execute(delete_ids_statement(conn, table, ids)).rowcount
-                    elapsed = time.perf_counter() - started
-                    if elapsed > timebox:
-                        rate = elapsed / max(deleted, 1)
-                        return rate * expected, deleted, False
+    # The cleanup's own connection set-up, as the floor's.
+    with retention_run._run_connection(engine, deletes=True) as conn:
+        for make in queries:
+            while True:
+                with conn.begin():
+                    ids = list(conn.execute(make()).scalars())
+                    if not ids:
+                        break
+                    deleted += conn.execute(delete_ids_statement(conn, table, ids)).rowcount
+                elapsed = time.perf_counter() - started
+                if elapsed > timebox:
+                    rate = elapsed / max(deleted, 1)
+                    return rate * expected, deleted, False
     return time.perf_counter() - started, deleted, True
 
 

@@ -944,6 +944,10 @@ def use_read_committed(conn: Connection) -> None:
         conn.execution_options(isolation_level=Isolation.READ_COMMITTED.value)
 
 
+#: `Connection.info` key: this connection is set up for a run of deletes (`bulk_deletes`).
+_BULK_DELETES = "usageledger_bulk_deletes"
+
+
 @contextmanager
 def bulk_deletes(conn: Connection) -> Iterator[None]:
     """Set this connection up for a run of many delete batches, and back afterwards.
@@ -989,10 +993,6 @@ def bulk_deletes(conn: Connection) -> Iterator[None]:
                     raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 finally:
                     raw.execute(f"PRAGMA busy_timeout = {before['busy_timeout']}")
-
-
-#: `Connection.info` key: this connection is set up for a run of deletes (`bulk_deletes`).
-_BULK_DELETES = "usageledger_bulk_deletes"
 
 
 @contextmanager

@@ -201,14 +201,10 @@ def _run_connection(bind: Engine | Connection, *, deletes: bool) -> Iterator[Con
     """One connection for the whole run; each batch is its own transaction on it. A run that
     deletes has it set up for many delete batches (`db.bulk_deletes`, once per run however
     many passes use it); a plan or a dry run leaves it as it is."""
-    if isinstance(bind, Connection):
-        if bind.in_transaction():
-            raise ValueError("cleanup runs its own transactions; pass a connection outside one")
-        db.use_read_committed(bind)
-        with db.bulk_deletes(bind) if deletes else nullcontext():
-            yield bind
-        return
-    with bind.connect() as conn:
+    if isinstance(bind, Connection) and bind.in_transaction():
+        raise ValueError("cleanup runs its own transactions; pass a connection outside one")
+    # A caller's connection stays open after the run; an engine's is closed with it.
+    with nullcontext(bind) if isinstance(bind, Connection) else bind.connect() as conn:
         db.use_read_committed(conn)
         with db.bulk_deletes(conn) if deletes else nullcontext():
             yield conn
