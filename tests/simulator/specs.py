@@ -169,6 +169,33 @@ def rolling_deploy() -> Scenario:
     )
 
 
+def old_cleanup_deletes_a_task_start() -> Scenario:
+    """The old cleanup deletes the TASK_STARTED of two running tasks that a consumer has read
+    (SPEC §0). A backfill restores task-2's baseline before it ends, so its end writes its stop;
+    task-1 ends before any backfill, with no start evidence left, so the platform writes no
+    TASK_STOPPED (P2) and the consumer's bill stays open: the old cleanup's damage."""
+    return scenario(
+        [
+            ActorSpec(
+                "producer-1",
+                PRODUCER,
+                (
+                    op(1, "run_task", "task-1"),
+                    op(1.1, "run_task", "task-2"),
+                    op(39, "run_task", "task-3"),  # the newest row, which R2 keeps
+                    op(42, "succeed_task", "task-1"),
+                    op(50, "succeed_task", "task-2"),
+                ),
+            ),
+            consumer("consumer-1", [2, 60]),
+            ActorSpec("old-cleanup", OLD_CLEANUP, (op(40, "cleanup", variant="old"),)),
+            ActorSpec("backfill-1", BACKFILL, (op(45, "backfill"),)),
+        ],
+        sizes=Sizes(apps=1, processes=0, tasks=3, service_instances=0, builds=0, legacy=0),
+        note="the old cleanup deletes running tasks' starts",
+    )
+
+
 def crash_between_passes() -> Scenario:
     """Runs that end long before the cutoff, then a cleanup that dies between its passes."""
     return scenario(

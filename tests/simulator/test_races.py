@@ -79,6 +79,29 @@ def test_b1_old_cleanup_in_a_rolling_deploy_then_backfill_restores_a_baseline(
     assert any(s.guid == proc and s.start_is_lower_bound for s in late.ledger.segments)
 
 
+def test_p2_old_cleanup_deleting_a_task_start_is_its_damage_not_an_invalid_bill(
+    simulate: Simulate,
+) -> None:
+    """S2/P2/I3: the old cleanup deletes two running tasks' starts after a consumer read them.
+    task-1 ends before a backfill restores its baseline: no TASK_STOPPED, and the open bill is
+    reported as the old cleanup's damage (expected), not as invalid. task-2's baseline comes
+    first, so its end writes its stop and its bill closes."""
+    result = simulate(specs.old_cleanup_deletes_a_task_start())
+    assert result.coverage["old_cleanup"] == 1
+    assert result.report.verdict.value == "valid"
+    guid = {label: g for g, label in result.truth.labels.items()}
+    states = {(r.key, r.state) for r in result.observed}
+    assert (guid["task-1"], "TASK_STOPPED") not in states
+    assert (guid["task-2"], "TASK_WAS_RUNNING") in states
+    assert (guid["task-2"], "TASK_STOPPED") in states
+    lost = [f for f in result.report.findings if f.invariant == "I3" and f.guid == guid["task-1"]]
+    assert [f.severity.value for f in lost] == ["expected"]
+    assert "old cleanup" in lost[0].witness and "TASK_STOPPED" in lost[0].witness
+    assert not [
+        f for f in result.report.findings if f.invariant == "I3" and f.guid == guid["task-2"]
+    ]
+
+
 def test_p2_legacy_tasks_stop_with_evidence_only(simulate: Simulate) -> None:
     """P2/I9: tasks whose start was pruned get baselines; their ends write TASK_STOPPED, the
     task destroyed while PENDING writes none."""

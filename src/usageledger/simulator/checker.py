@@ -370,28 +370,48 @@ def purged_rows(cleanups: Sequence[CleanupObservation]) -> set[tuple[str, int]]:
     return gone
 
 
-def stops_lost_to_purge(data: CheckInput, words: Words) -> dict[str, str]:
-    """Per task, why no TASK_STOPPED closes it: it ended after a purge deleted its start
-    evidence and before any baseline restored it, so the platform rightly wrote none (P2).
-    That open bill is the purge's damage (S2), not a defect of the rules."""
-    purges = [obs for obs in data.cleanups if obs.variant == "purge"]
+#: Cleanups in the scenario on purpose (S2), whose damage to start evidence is expected.
+_DAMAGING_VARIANTS = {
+    "old": (
+        "the old cleanup",
+        "This is the old cleanup's damage: it deletes the start evidence of running resources "
+        "(SPEC §0), which is why it must not outlive the rolling deploy.",
+    ),
+    "purge": (
+        "the purge",
+        "This is the destructive purge's damage; run the backfill right after a purge (B9).",
+    ),
+}
+_START_EVIDENCE = frozenset({"TASK_STARTED", "TASK_WAS_RUNNING"})
+
+
+def stops_lost_to_damage(data: CheckInput, words: Words) -> dict[str, str]:
+    """Per task, why no TASK_STOPPED closes it: it ended after the old cleanup or a purge
+    deleted its start evidence and before any baseline restored it, so the platform rightly
+    wrote none (P2). That open bill is the damage of a cleanup the scenario runs on purpose
+    (S2), not a defect of the rules. (Had evidence been on record at the end, I9 reports the
+    missing stop.)"""
+    damaging = [obs for obs in data.cleanups if obs.variant in _DAMAGING_VARIANTS]
     lost: dict[str, str] = {}
     for ending in data.task_endings:
         if ending.wrote_stop or not ending.was_running:
             continue
-        for obs in purges:
+        for obs in damaging:
             deleted = [
                 r
                 for r in obs.before
-                if r.key == ending.op.guid and (r.table, r.id) in obs.deleted()
+                if r.key == ending.op.guid
+                and r.state in _START_EVIDENCE
+                and (r.table, r.id) in obs.deleted()
             ]
             if obs.end_step < ending.op.step and deleted:
                 who = words.r(ending.op.guid, "task")
+                name, damage = _DAMAGING_VARIANTS[obs.variant]
                 lost[ending.op.guid] = (
-                    f"the purge by {obs.actor} (step {obs.end_step}) deleted {who}'s "
+                    f"{name} by {obs.actor} (step {obs.end_step}) deleted {who}'s "
                     f"#{deleted[0].id} ({deleted[0].state}); {who} ended at "
                     f"{words.t(ending.op.at)}, before a backfill restored its baseline, so the "
-                    "platform wrote no TASK_STOPPED (P2)"
+                    f"platform wrote no TASK_STOPPED (P2). {damage}"
                 )
                 break
     return lost
@@ -643,8 +663,7 @@ def check_consumer(
                             Severity.EXPECTED,
                             f"{who} is not running since {words.t(p.start)}, but "
                             f"{words.seg(over)} is still open for consumer {view.name}: "
-                            f"{lost_stops[guid]}. This is the destructive purge's damage; "
-                            "run the backfill right after a purge (B9).",
+                            f"{lost_stops[guid]}",
                             event_ids=ids,
                             **base,  # type: ignore[arg-type]
                         )
@@ -1039,7 +1058,7 @@ def check(data: CheckInput) -> CheckReport:
     findings: list[Finding] = []
     unknown: dict[str, str] = {}
     purged = purged_rows(data.cleanups)
-    lost_stops = stops_lost_to_purge(data, words)
+    lost_stops = stops_lost_to_damage(data, words)
     for view in data.consumers:
         if not view.drained:
             for inv in CONSUMER_INVARIANTS:
