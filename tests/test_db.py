@@ -449,6 +449,24 @@ def _a_dead_pid() -> int:
     return child.pid
 
 
+@pytest.mark.parametrize(
+    "values",
+    [[""], ["", "b"], ["b", ""], ["a", "b"], [], ["a\x1fb", ""]],
+    ids=["empty-alone", "empty-first", "empty-last", "plain", "none", "separator"],
+)
+def test_c1_text_in_matches_exactly_the_listed_strings(engine: Engine, values: list[str]) -> None:
+    """C1/C11: the consumer takes a batch's stored states with `text_in` over their keys; a
+    key of '' (a legacy row's) is a key like any other. On PostgreSQL the list travels as one
+    joined string, and the list of one '' once became the empty array, so the consumer found
+    no state, wrote a second one and stopped on the duplicate key for good."""
+    stored = ["", "a", "b", "a\x1fb"]
+    guid = organizations.c.guid
+    with engine.begin() as conn:
+        conn.execute(organizations.insert(), [{"guid": g, "name": "org"} for g in stored])
+        found = conn.execute(sa.select(guid).where(db.text_in(conn, guid, values))).scalars()
+        assert sorted(found) == sorted(set(values) & set(stored))
+
+
 def test_sweep_drops_the_databases_of_runs_that_are_gone(
     backend_url: str, backend: db.Backend
 ) -> None:

@@ -1226,11 +1226,13 @@ def text_in(
     every batch, and no thousand bind parameters to expand and send one by one. The array
     travels as one string the server splits (`string_to_array`): psycopg builds an array
     parameter value by value in Python, 1.5 ms for 600 guids against 0.2 ms for the string.
-    Values holding the separator (no guid does) fall back to the array parameter.
+    Values holding the separator (no guid does) fall back to the array parameter, and so does
+    the list of one empty string (a legacy row's key may be ''): `string_to_array('', …)` is
+    the empty array, which would match nothing.
     """
     if backend_of(bind) is Backend.POSTGRESQL:
         strings = postgresql.ARRAY(sa.String())
-        if not any(_TEXT_SEPARATOR in value for value in values):
+        if values != [""] and not any(_TEXT_SEPARATOR in value for value in values):
             joined = sa.bindparam(None, _TEXT_SEPARATOR.join(values), type_=sa.Text())
             separator: sa.ColumnElement[str] = sa.literal_column(f"chr({ord(_TEXT_SEPARATOR)})")
             return column == sa.any_(sa.func.string_to_array(joined, separator, type_=strings))

@@ -132,12 +132,18 @@ APP_STATES = (
 )
 TASK_STATES = ("TASK_STARTED", "TASK_STOPPED", "TASK_WAS_RUNNING")
 SERVICE_STATES = ("CREATED", "UPDATED", "DELETED", "WAS_RUNNING")
+#: Resource keys, the common ones first (Hypothesis shrinks towards them).
+APP_KEYS = ("p1", "p2", "p3", "", "P1", "p1 ", "t1")
+TASK_KEYS: tuple[str | None, ...] = ("t1", "t2", "", None, "T1")
+SERVICE_KEYS = ("s1", "s2", "", "S1")
 
 
 @st.composite
 def app_table_rows(draw: st.DrawFn, max_size: int = 30) -> list[dict[str, Any]]:
     """A random app_usage_events history over a few processes and tasks, created_at sometimes
-    out of id order; any sequence of states, including the ones the producer never writes."""
+    out of id order; any sequence of states, including the ones the producer never writes.
+    Keys include legacy shapes: '' and a NULL task_guid, keys that differ only in case or a
+    trailing space, and one key used by a process and a task."""
     size = draw(st.integers(0, max_size))
     rows = []
     minute = 0.0
@@ -145,7 +151,7 @@ def app_table_rows(draw: st.DrawFn, max_size: int = 30) -> list[dict[str, Any]]:
         minute += draw(st.sampled_from([-3.0, 0.0, 1.0, 5.0, 30.0]))
         if draw(st.booleans()):
             state = draw(st.sampled_from(APP_STATES))
-            guid = draw(st.sampled_from(["p1", "p2", "p3"]))
+            guid = draw(st.sampled_from(APP_KEYS))
             staging = state.startswith("STAGING") or state == "BUILDPACK_SET"
             rows.append(
                 app_row(
@@ -166,15 +172,15 @@ def app_table_rows(draw: st.DrawFn, max_size: int = 30) -> list[dict[str, Any]]:
             )
         else:
             state = draw(st.sampled_from(TASK_STATES))
-            guid = draw(st.sampled_from(["t1", "t2"]))
+            task = draw(st.sampled_from(TASK_KEYS))
             rows.append(
                 app_row(
                     state,
-                    task_guid=guid,
+                    task_guid=task,
                     minute=minute,
                     memory=draw(st.sampled_from([64, 512])),
                     previous_state=draw(st.sampled_from([None, "TASK_WAS_RUNNING"])),
-                    name=f"task-{guid}",
+                    name=f"task-{task}",
                 )
             )
     return rows
@@ -190,7 +196,7 @@ def service_table_rows(draw: st.DrawFn, max_size: int = 15) -> list[dict[str, An
         rows.append(
             service_row(
                 draw(st.sampled_from(SERVICE_STATES)),
-                instance=draw(st.sampled_from(["s1", "s2"])),
+                instance=draw(st.sampled_from(SERVICE_KEYS)),
                 minute=minute,
                 plan=draw(st.sampled_from(["plan-a", "plan-b", None])),
             )
