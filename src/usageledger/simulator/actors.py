@@ -90,6 +90,8 @@ class RunRecord:
     task_endings: list[TaskEnding] = attrs.Factory(list)
     lock_holds: list[LockHold] = attrs.Factory(list)
     open_holds: dict[str, int] = attrs.Factory(dict)
+    hold_sessions: dict[str, int] = attrs.Factory(dict)
+    """Per backfill holding the lock, the server session the lock lives on (0 on SQLite)."""
     cleanups: list[CleanupObservation] = attrs.Factory(list)
     moves: dict[str, list[CursorMove]] = attrs.Factory(dict)
     coverage: Counter[str] = attrs.Factory(Counter)
@@ -110,6 +112,7 @@ class RunRecord:
         return self.scenario.start + timedelta(seconds=op.at)
 
     def release_hold(self, actor: str, step: int) -> None:
+        self.hold_sessions.pop(actor, None)
         acquired = self.open_holds.pop(actor, None)
         if acquired is not None:
             self.lock_holds.append(LockHold(actor, acquired, step))
@@ -344,6 +347,10 @@ def run_backfill(record: RunRecord, rt: ActorRuntime, op: Operation) -> None:
             record.note(rt.name, "info", what, "lock held by another backfill")
             return
         record.open_holds[rt.name] = rt.scheduler.step
+        holder = lock.connection
+        record.hold_sessions[rt.name] = (
+            db.dbapi_session_id(holder.connection.dbapi_connection) if holder is not None else 0
+        )
         added = batches = 0
         for report in backfill_batches(
             rt.engine, lock, batch_size=op.batch_size or 1000, clock=record.clock

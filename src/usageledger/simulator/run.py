@@ -443,8 +443,13 @@ def run_scenario(
             progress(step)
 
     def on_kill(victim: Any, step: int) -> None:
-        # A killed backfill's lock lives on its own connection (db.RunLock), which the kill
-        # does not touch: the hold ends when run_backfill releases it, not here (I8).
+        # A backfill's transactions run on the session that holds its lock
+        # (db.locked_transaction), so killing one kills the lock's session, and the server
+        # frees the lock with it: the hold ends here, not when run_backfill gets to release
+        # it, or a second backfill taking the lock meanwhile would count as two at once (I8).
+        session = record.hold_sessions.get(victim.name)
+        if session and session == victim.session_id:
+            record.release_hold(victim.name, step)
         record.coverage["kill_connection"] += 1
 
     scheduler.on_commit = on_commit
