@@ -33,7 +33,19 @@ DEFAULT_TEST_DBS = (
     "mariadb+pymysql://root@127.0.0.1:3306/test",
 )
 # Hypothesis: "ci" (the default) is derandomized with bounded examples so the suite's time is
-# predictable; "long" is for deliberate verification runs (HYPOTHESIS_PROFILE=long).
+# predictable; "long" is for deliberate verification runs (HYPOTHESIS_PROFILE=long): random
+# seeds (Hypothesis prints the one to reproduce a failure with), LONG_FACTOR times each
+# property's CI examples (`examples`), and no per-test timeout.
+LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+LONG_FACTOR = 20
+
+
+def examples(ci: int) -> int:
+    """A property's example count: `ci` in the CI profile, LONG_FACTOR times it in "long"
+    (a test's own `max_examples` overrides the profile's, so each test asks here)."""
+    return ci * LONG_FACTOR if LONG else ci
+
+
 settings.register_profile(
     "ci",
     derandomize=True,
@@ -287,6 +299,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if LONG:  # a verification run's properties take as long as their examples need
+        for item in items:
+            item.add_marker(pytest.mark.timeout(0))
     # Tag each report with its backend so the summary can count per backend (works under xdist).
     for item in items:
         callspec = getattr(item, "callspec", None)

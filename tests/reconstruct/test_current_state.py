@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy.engine import Engine
 
+from tests.conftest import examples
 from tests.reconstruct.histories import (
     app_row,
     app_table_rows,
@@ -81,7 +82,7 @@ def test_cs1_lists_running_resources_with_run_start_size_and_last_event(engine: 
 
 
 @settings(
-    max_examples=25,
+    max_examples=examples(25),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
+from tests.conftest import examples
 from tests.reconstruct.histories import (
     app_events,
     app_table_rows,
@@ -48,7 +49,7 @@ def assert_no_overlap(ledger: Ledger) -> None:
         assert sum(1 for s in segments if s.is_open) <= 1
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(apps=app_table_rows(max_size=40), services=service_table_rows(max_size=20))
 def test_c7_c12_fold_is_deterministic_and_never_overlaps(
     apps: list[dict[str, Any]], services: list[dict[str, Any]]
@@ -62,7 +63,7 @@ def test_c7_c12_fold_is_deterministic_and_never_overlaps(
 
 
 @settings(
-    max_examples=12,
+    max_examples=examples(12),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

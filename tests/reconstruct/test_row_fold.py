@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import examples
 from tests.reconstruct.histories import (
     app_events,
     app_row,
@@ -113,7 +114,7 @@ def renamed(draw: st.DrawFn, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
     return out
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     apps=app_table_rows(max_size=40).flatmap(renamed),
     services=service_table_rows(max_size=20).flatmap(renamed),

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
+from tests.conftest import examples
 from tests.retention.history import NOW, Event, clock, load, remaining_ids
 from tests.retention.model import kept_after_cleanup, safety_violations
 from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS, opening_states
@@ -87,7 +88,7 @@ def _interrupted_history() -> tuple[str, list[Event], int]:
 
 
 @settings(
-    max_examples=50,
+    max_examples=examples(50),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
