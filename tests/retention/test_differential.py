@@ -1,6 +1,6 @@
 """Differential property test: the database cleanup keeps exactly what the pure-Python model of
-R5–R7 keeps, on every backend, for random histories with created_at out of id order and, for
-tasks, sometimes a NULL key (R9)."""
+R5–R7 keeps, on every backend, for random histories with created_at out of id order, for
+tasks sometimes a NULL key (R9), and legacy-shaped keys ('' and case or space variants)."""
 
 from __future__ import annotations
 
@@ -19,22 +19,27 @@ from usageledger.lifecycles import APP_USAGE_EVENTS, SERVICE_USAGE_EVENTS, openi
 from usageledger.retention import BatchProgress, cleanup
 from usageledger.retention import run as retention_run
 
+# Keys by state, the common ones repeated (more collisions). Besides them: '' (a legacy row's),
+# keys that differ from p1/t1/s1 only in case or a trailing space (a resource of their own,
+# on every backend), and a state no lifecycle has.
 APP_STATES: dict[str, tuple[str | None, ...]] = {
-    "STARTED": ("p1", "p1", "p1", "p2"),
-    "WAS_RUNNING": ("p1", "p1", "p2"),
-    "STOPPED": ("p1", "p1", "p2"),
+    "STARTED": ("p1", "p1", "p1", "p2", "P1", ""),
+    "WAS_RUNNING": ("p1", "p1", "p2", ""),
+    "STOPPED": ("p1", "p1", "p2", "p1 ", ""),
     # None: a legacy task row without task_guid (NULL pairs with nothing, R5, R9).
-    "TASK_STARTED": ("t1", "t2", None),
-    "TASK_WAS_RUNNING": ("t1", "t2", None),
-    "TASK_STOPPED": ("t1", "t2", None),
+    "TASK_STARTED": ("t1", "t2", None, "T1"),
+    "TASK_WAS_RUNNING": ("t1", "t2", None, ""),
+    "TASK_STOPPED": ("t1", "t2", None, "T1", ""),
     "STAGING_STARTED": ("b1",),
+    "STAGING_STOPPED": ("b1",),
     "BUILDPACK_SET": ("b1",),
+    "MYSTERY": ("p1",),
 }
 SERVICE_STATES: dict[str, tuple[str | None, ...]] = {
-    "CREATED": ("s1", "s1", "s2"),
-    "UPDATED": ("s1", "s1", "s2"),
-    "WAS_RUNNING": ("s1", "s2"),
-    "DELETED": ("s1", "s1", "s2"),
+    "CREATED": ("s1", "s1", "s2", "S1"),
+    "UPDATED": ("s1", "s1", "s2", ""),
+    "WAS_RUNNING": ("s1", "s2", "s1 "),
+    "DELETED": ("s1", "s1", "s2", "S1", ""),
 }
 
 
