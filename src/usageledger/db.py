@@ -508,6 +508,19 @@ _memory_locks: dict[str, threading.Lock] = {}
 _memory_locks_guard = threading.Lock()
 
 
+#: The statement that frees a server run lock; the server frees it with the session too.
+_RUN_UNLOCK = {
+    Backend.POSTGRESQL: "SELECT pg_advisory_unlock(:k)",
+    Backend.MARIADB: "SELECT RELEASE_LOCK(:k)",
+}
+
+
+def is_run_unlock(statement: str) -> bool:
+    """Whether `statement`, as sent to the driver, frees a run lock (the simulator ends a
+    backfill's lock hold there: the connection's close comes a step later)."""
+    return any(statement.startswith(sql.split("(")[0]) for sql in _RUN_UNLOCK.values())
+
+
 @attrs.define
 class RunLock:
     """A held run lock. It lives on one connection (or file handle) for the whole run and is
@@ -529,10 +542,7 @@ class RunLock:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with suppress(SQLAlchemyError):
-                if self.backend is Backend.POSTGRESQL:
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-                else:
-                    conn.execute(sa.text("SELECT RELEASE_LOCK(:k)"), {"k": self._key})
+                conn.execute(sa.text(_RUN_UNLOCK[self.backend]), {"k": self._key})
             with suppress(SQLAlchemyError):
                 conn.close()
         if self._file is not None:

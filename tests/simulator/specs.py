@@ -365,6 +365,32 @@ def two_backfills() -> Scenario:
     )
 
 
+def backfill_takes_the_lock_as_it_is_freed(postgresql: bool) -> Scenario:
+    """Two backfills due at the same moment: the second tries the lock right after the first's
+    unlock statement, before the first closes its connection. The lock is free by then (B8:
+    one holder at a time), so the second runs; I8 must not count the first's close."""
+    unlock, take = (
+        ("SELECT pg_advisory_unlock", "SELECT pg_try_advisory_lock")
+        if postgresql
+        else ("SELECT RELEASE_LOCK", "SELECT GET_LOCK")
+    )
+    return scenario(
+        [
+            ActorSpec("backfill-1", BACKFILL, (op(10, "backfill", batch_size=1),)),
+            ActorSpec("backfill-2", BACKFILL, (op(10, "backfill", batch_size=1),)),
+            consumer("consumer-1", [11]),
+        ],
+        sizes=Sizes(apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=2),
+        schedule=[
+            ["~tick"],
+            ["backfill-1", f"through:{unlock}"],
+            ["backfill-2", f"through:{take}"],
+            ["*"],
+        ],
+        note="a backfill takes the lock between the holder's unlock and its close",
+    )
+
+
 def scaled_process(consumer_flavour: str = "reference") -> Scenario:
     """A process started, then scaled from 1 to 3 instances, read by one consumer (C8, I5)."""
     return scenario(

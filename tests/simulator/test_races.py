@@ -43,6 +43,25 @@ def test_b5_backfill_vs_task_end_race_happens_and_is_repaired(
     assert result.report.verdict.value == "valid"
 
 
+def test_b8_backfill_taking_the_lock_between_unlock_and_close_is_not_two_at_once(
+    simulate: Simulate, backend: db.Backend
+) -> None:
+    """B8/I8: the first backfill's unlock frees the server lock, and its connection closes a
+    step later; the second backfill takes the lock in between. That is one holder after the
+    other: both run, and I8 holds."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip("SQLite's run lock is a file lock, freed and closed in one step")
+    result = simulate(
+        specs.backfill_takes_the_lock_as_it_is_freed(backend is db.Backend.POSTGRESQL)
+    )
+    assert result.coverage["two_backfills_at_once"] == 0, "the second found the lock free"
+    finished = [h.actor for h in result.history if h.kind == "op" and h.phase == "ok"]
+    assert {"backfill-1", "backfill-2"} <= set(finished)
+    assert result.report.verdict.value == "valid", [
+        f.witness for f in result.report.invalid_findings()
+    ]
+
+
 def test_c2_naive_consumer_loses_an_interval_under_out_of_order_commits(
     simulate: Simulate, backend: db.Backend
 ) -> None:

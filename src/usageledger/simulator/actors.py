@@ -369,6 +369,15 @@ def run_backfill(record: RunRecord, rt: ActorRuntime, op: Operation) -> None:
         _failed(record, rt, what, exc)
     finally:
         if lock is not None:
+            if lock.connection is not None:
+                # The server frees the lock at the unlock statement; the connection's close
+                # comes a step later, and another backfill may rightly take the lock in
+                # between, so the hold ends at the unlock (I8).
+                def unlocked(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+                    if db.is_run_unlock(statement):
+                        record.release_hold(rt.name, rt.scheduler.step)
+
+                sa.event.listen(lock.connection, "after_cursor_execute", unlocked)
             try:
                 lock.release()
             except SimulatedCrash:
