@@ -199,7 +199,9 @@ def _end_task(bind: Bind, task_guid: str, clock: Clock, end_state: TaskState | N
             log.warning(
                 "task %s stopped while RUNNING but neither TASK_STARTED nor TASK_WAS_RUNNING is "
                 "on record, so no TASK_STOPPED was written; its start was pruned without a "
-                "baseline: run `usageledger backfill` to seed baselines for running resources",
+                "baseline: run `usageledger backfill` to seed baselines for the resources still "
+                "running. A consumer that read this task's start before it was pruned still "
+                "bills it (docs/operations.md, 'When to run it')",
                 task_guid,
             )
         if write_stop:
