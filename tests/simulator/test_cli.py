@@ -159,6 +159,18 @@ def test_s7_simulate_shrink_writes_a_regression(
     regression = load_regression(Path(document["files"]["regression"]))
     assert "I7" in regression.invariants
     assert regression.scenario.operation_count < 10
+    # S1: the regression file replays as it is (it wraps the scenario), still failing.
+    code, stdout, err = _run(
+        capsys,
+        "simulate",
+        "--scenario",
+        document["files"]["regression"],
+        "--out",
+        str(tmp_path / "replay"),
+        "--json",
+    )
+    assert code == 1, err
+    assert "I7" in [i["invariant"] for i in json.loads(stdout)["invariants"] if i["invalid"]]
 
 
 def test_s2_simulate_purge_and_reseed_switch(

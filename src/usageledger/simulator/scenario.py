@@ -306,6 +306,8 @@ def load_scenario(path: str | Path) -> Scenario:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInputError(f"scenario file {str(path)!r} is not JSON: {exc}") from None
+    if isinstance(document, dict) and isinstance(document.get("scenario"), dict):
+        document = document["scenario"]  # a regression file (S7) wraps the scenario it replays
     return scenario_from_json(document)
 
 
