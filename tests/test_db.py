@@ -51,6 +51,25 @@ def test_unreachable_server_masks_the_password() -> None:
     assert "\n" not in str(info.value)
 
 
+def test_mysql_server_is_refused_in_one_line(db_url: URL, backend: db.Backend) -> None:
+    """§9 bad input: a MySQL server is not a MariaDB one (no utf8mb4_nopad_bin collation, other
+    locking), so every command stops at its connection check with one line naming the server.
+    No MySQL server runs here: the dialect is told it found one, as it would after connecting
+    to MySQL."""
+    if backend is not db.Backend.MARIADB:
+        pytest.skip("about the MariaDB/MySQL dialect")
+    engine = db.make_engine(db_url)
+    try:
+        db.check_connection(engine)  # MariaDB itself passes
+        engine.dialect.is_mariadb = False
+        with pytest.raises(BadInputError) as raised:
+            db.check_connection(engine)
+    finally:
+        engine.dispose()
+    message = str(raised.value)
+    assert "\n" not in message and "is MySQL" in message and "not MariaDB" in message
+
+
 def test_missing_sqlite_file_is_not_created(tmp_path: object) -> None:
     """§9 bad input, nothing written: a SQLite path that does not exist is an error naming
     `usageledger db upgrade`, and no empty file is left."""

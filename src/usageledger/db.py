@@ -211,6 +211,13 @@ def check_connection(engine: Engine) -> None:
     try:
         with read_connection(engine) as conn:
             conn.execute(sa.text("SELECT 1"))
+            if backend_of(conn) is Backend.MARIADB and not getattr(conn.dialect, "is_mariadb", 1):
+                version = ".".join(map(str, conn.dialect.server_version_info or ()))
+                raise BadInputError(
+                    f"{display_url(engine.url)} is MySQL {version}, not MariaDB: usageledger "
+                    "runs on MariaDB, PostgreSQL and SQLite (its MariaDB schema uses collation "
+                    f"{MARIADB_BYTES_COLLATION}, which MySQL does not have; see the README)"
+                )
     except SQLAlchemyError as exc:
         raise DatabaseUnavailableError(
             f"cannot connect to {display_url(engine.url)}: {one_line(exc)}"

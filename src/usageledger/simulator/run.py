@@ -264,6 +264,7 @@ def scratch_database(server_url: str | URL, *, keep: bool = False) -> Iterator[U
     try:
         engine = db.make_engine(url, create=True)
         try:
+            db.check_connection(engine)  # a server usageledger does not run on: one line
             migrations.upgrade(engine)
         finally:
             engine.dispose()
