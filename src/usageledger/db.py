@@ -27,6 +27,9 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from usageledger.errors import BadInputError, DatabaseUnavailableError, LockHeldError
 
@@ -186,7 +189,13 @@ def make_engine(url: str | URL | None = None, *, create: bool = False, **kwargs:
         kwargs.setdefault("connect_args", {}).setdefault("options", "-c timezone=UTC")
         kwargs.setdefault("pool_pre_ping", True)
     else:
-        kwargs.setdefault("connect_args", {}).setdefault("init_command", "SET time_zone='+00:00'")
+        # UTC as above. No subquery cache: MariaDB caches a correlated subquery's result by the
+        # outer row's value compared under its column's collation, so with the platform's
+        # case-insensitive collation a lookup for key `p1` answered from the cache of `P1`,
+        # even where the subquery itself compares bytes (`key_equals`).
+        kwargs.setdefault("connect_args", {}).setdefault(
+            "init_command", "SET time_zone='+00:00', optimizer_switch='subquery_cache=off'"
+        )
         kwargs.setdefault("pool_pre_ping", True)
     try:
         engine = sa.create_engine(parsed, **kwargs)
@@ -1396,6 +1405,31 @@ def byte_comparison(bind: Engine | Connection) -> Callable[[Any], Any] | None:
     if backend_of(bind) is Backend.MARIADB:
         return lambda column: sa.type_coerce(sa.cast(column, sa.LargeBinary), sa.String)
     return None
+
+
+class key_equals(FunctionElement[bool]):
+    """`left = right` for two resource keys, comparing bytes on every backend: on MariaDB the
+    plain comparison (which its indexes answer) and the bytes (`byte_comparison`), since the
+    platform's collation ignores case and trailing spaces; elsewhere the plain comparison, which
+    already compares bytes. For statements built without a connection to ask."""
+
+    type = sa.Boolean()
+    inherit_cache = True
+    name = "key_equals"
+
+
+@compiles(key_equals)
+def _key_equals(element: key_equals, compiler: SQLCompiler, **kw: Any) -> str:
+    left, right = element.clauses
+    return compiler.process(left == right, **kw)
+
+
+@compiles(key_equals, "mysql")
+@compiles(key_equals, "mariadb")
+def _key_equals_bytes(element: key_equals, compiler: SQLCompiler, **kw: Any) -> str:
+    left, right = element.clauses
+    as_bytes = [sa.cast(side, sa.LargeBinary) for side in (left, right)]
+    return compiler.process(sa.and_(left == right, as_bytes[0] == as_bytes[1]), **kw)
 
 
 def least(bind: Engine | Connection, *values: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from usageledger.db import key_equals
 from usageledger.lifecycles import Lifecycle
 from usageledger.schema import LIFECYCLE_INDEXES
 
@@ -52,7 +53,7 @@ def any_row(
         *(
             sa.exists().where(
                 in_states(alias.c.state, group),
-                alias.c[lifecycle.key_column] == key,
+                key_equals(alias.c[lifecycle.key_column], key),
                 *conditions,
             )
             for group in state_groups(lifecycle, events, states)

@@ -251,3 +251,20 @@ def test_b7_second_run_right_after_adds_no_rows(engine: Engine) -> None:
             .group_by(app_usage_events.c.app_guid)
         ).all()
     assert all(count == 1 for _, count in per_key)
+
+
+def test_b5_a_key_that_differs_only_in_case_is_another_resource(engine: Engine) -> None:
+    """B5 with legacy keys: a baseline for `P…`, the upper-case twin of a running process's
+    guid, belongs to no process, so the repair closes it, and the process's own baseline stays
+    open. MariaDB's collation ignores case, and its subquery cache answered the twin's lookup
+    with the running process's (the cache compares outer values under that collation)."""
+    app = make_app(engine)
+    process = started_process(engine, app)
+    _seed_forgotten(engine)
+    baseline = _seeded(engine, "WAS_RUNNING", "app_guid", process)
+    twin = process.upper()
+    assert twin != process
+    insert_event(engine, app_usage_events, {**baseline, "guid": db.new_guid(), "app_guid": twin})
+    backfill(engine, clock=SimulatedClock(REPAIR_TIME))
+    stops = [r["app_guid"] for r in app_rows(engine, "STOPPED")]
+    assert stops == [twin]

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 # The producer writes its rows with these same expressions (P1, P3); sharing them keeps B4's
 # "shaped like the producer's rows" true by construction.
+from usageledger.db import key_equals
 from usageledger.event_columns import (
     managed_only,
     package_state_expression,
@@ -69,7 +70,7 @@ class ResourceKind:
 
     def runs_in_snapshot(self, guid: sa.ColumnElement[str]) -> sa.Exists:
         """The resource with this `guid` exists and runs, as the statement's snapshot sees it."""
-        return sa.exists().where(self.source.c.guid == guid, self.running)
+        return sa.exists().where(key_equals(self.source.c.guid, guid), self.running)
 
     def runs_once_locked(self, guid: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
         """The same question asked again with a share lock on the resource row (B5's re-check).
@@ -82,7 +83,7 @@ class ResourceKind:
         source = self.source
         latest = (
             sa.select(sa.case((self.running, 1), else_=0))
-            .where(source.c.guid == guid)
+            .where(key_equals(source.c.guid, guid))
             .with_for_update(read=True, key_share=True)
             .scalar_subquery()
         )

@@ -35,6 +35,9 @@ def stale_baseline(
         later.c.id > baseline.c.id,
     )
     return sa.and_(
+        # A baseline without a key (a legacy task row's NULL task_guid) pairs with nothing:
+        # no ending could close it, so appending one would only repeat on every run (B7).
+        key.is_not(None),
         # The window of ids drives the batch. Wrapped, the state cannot lead a planner to the
         # lifecycle index instead: its statistics were taken before this run's seed added the
         # baselines, and a scan of every baseline per window would make the repair quadratic.

@@ -32,7 +32,9 @@ def current_run_on_record(
     last_endings = [
         sa.func.coalesce(
             sa.select(sa.func.max(ending.c.id + 0))
-            .where(in_states(ending.c.state, group), ending.c[lifecycle.key_column] == key)
+            .where(
+                in_states(ending.c.state, group), db.key_equals(ending.c[lifecycle.key_column], key)
+            )
             # Two levels below the resource table: auto-correlation would not reach it.
             .correlate_except(ending)
             .scalar_subquery(),
