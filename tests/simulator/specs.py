@@ -344,10 +344,8 @@ def purge_and_reseed() -> Scenario:
     )
 
 
-def two_backfills() -> Scenario:
-    """Two backfills due at the same moment: the first takes the lock and stops before its
-    first insert, the second runs its whole operation meanwhile (B8: it must find the lock
-    held)."""
+def _two_backfills(schedule: list[list[str]], note: str) -> Scenario:
+    """Two backfills due at the same moment over two legacy processes, in `schedule`'s order."""
     return scenario(
         [
             ActorSpec("backfill-1", BACKFILL, (op(10, "backfill", batch_size=1),)),
@@ -355,13 +353,18 @@ def two_backfills() -> Scenario:
             consumer("consumer-1", [11]),
         ],
         sizes=Sizes(apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=2),
-        schedule=[
-            ["~tick"],
-            ["backfill-1", "until:INSERT INTO"],
-            ["backfill-2", "op"],
-            ["*"],
-        ],
-        note="two backfills at once",
+        schedule=schedule,
+        note=note,
+    )
+
+
+def two_backfills() -> Scenario:
+    """Two backfills due at the same moment: the first takes the lock and stops before its
+    first insert, the second runs its whole operation meanwhile (B8: it must find the lock
+    held)."""
+    return _two_backfills(
+        [["~tick"], ["backfill-1", "until:INSERT INTO"], ["backfill-2", "op"], ["*"]],
+        "two backfills at once",
     )
 
 
@@ -374,20 +377,9 @@ def backfill_takes_the_lock_as_it_is_freed(postgresql: bool) -> Scenario:
         if postgresql
         else ("SELECT RELEASE_LOCK", "SELECT GET_LOCK")
     )
-    return scenario(
-        [
-            ActorSpec("backfill-1", BACKFILL, (op(10, "backfill", batch_size=1),)),
-            ActorSpec("backfill-2", BACKFILL, (op(10, "backfill", batch_size=1),)),
-            consumer("consumer-1", [11]),
-        ],
-        sizes=Sizes(apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=2),
-        schedule=[
-            ["~tick"],
-            ["backfill-1", f"through:{unlock}"],
-            ["backfill-2", f"through:{take}"],
-            ["*"],
-        ],
-        note="a backfill takes the lock between the holder's unlock and its close",
+    return _two_backfills(
+        [["~tick"], ["backfill-1", f"through:{unlock}"], ["backfill-2", f"through:{take}"], ["*"]],
+        "a backfill takes the lock between the holder's unlock and its close",
     )
 
 
