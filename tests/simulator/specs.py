@@ -344,6 +344,33 @@ def purge_and_reseed() -> Scenario:
     )
 
 
+def purge_reseeds_a_stopping_process() -> Scenario:
+    """A stop takes its event's id while an operator's purge runs: the purge has emptied the
+    tables, reads the process (no row lock) as STARTED, and reseeds a STARTED above the stop's
+    STOPPED, which its DELETE could not see. The stop commits; on record the process runs
+    again, and the backfill after the purge (B9) repairs baselines only (B5)."""
+    return scenario(
+        [
+            ActorSpec("producer-1", PRODUCER, (op(10, "stop_process", "proc-1"),)),
+            ActorSpec(
+                "purge", PURGE, (op(10, "purge_and_reseed"), op(10.5, "backfill", batch_size=2))
+            ),
+            consumer("consumer-1", [11]),
+        ],
+        sizes=Sizes(apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=1),
+        schedule=[
+            ["~tick"],
+            ["purge", "through:DELETE FROM service_usage_events"],
+            # PostgreSQL: the INSERT runs; MariaDB: it has its id and waits on the DELETE's lock.
+            ["producer-1", "through:INSERT INTO app_usage_events"],
+            ["purge", "op"],
+            ["producer-1", "op"],
+            ["*"],
+        ],
+        note="a purge-and-reseed races a process stop",
+    )
+
+
 def _two_backfills(schedule: list[list[str]], note: str) -> Scenario:
     """Two backfills due at the same moment over two legacy processes, in `schedule`'s order."""
     return scenario(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import attrs
+
 from usageledger.reconstruct.billing import Footprint, Ledger, Segment
 from usageledger.simulator.checker import (
     CheckInput,
@@ -282,6 +284,39 @@ def test_i3_task_end_lost_to_a_purge_is_expected_not_invalid() -> None:
     assert verdict_with(None) == (Verdict.INVALID, ["invalid"])
     assert verdict_with((5, 6)) == (Verdict.VALID, ["expected"])
     assert verdict_with((11, 12)) == (Verdict.INVALID, ["invalid"])
+
+
+def test_i3_i7_purge_reseed_above_a_stop_in_flight_is_expected_only_then() -> None:
+    """S2/I3/I7: proc-1 stopped on day 5; its STOPPED #2 was in flight during a purge, which
+    deleted #1 and reseeded STARTED #3 above #2. The open bill and the open run are the purge's
+    damage (expected). Had the purge deleted that STOPPED (it was committed before), or had
+    there been no purge, the same bill and run stay invalid."""
+    started = row(1, "STARTED", 1, step=2)
+    stop = row(2, "STOPPED", 5, step=12)
+    reseed = attrs.evolve(row(3, "STARTED", 5, step=11), previous_state="STARTED")
+    open_bill = seg(5, None, start_is_lower_bound=True)
+
+    def verdicts(before: tuple[RowInfo, ...] | None) -> dict[str, list[str]]:
+        cleanups: tuple[CleanupObservation, ...] = ()
+        if before is not None:
+            cleanups = (CleanupObservation("purge", "purge", 10, 11, day(5), before, (reseed,)),)
+        report = check(
+            data(
+                [seg(1, 5), open_bill],
+                RUN_1_TO_5,
+                observed=(started, stop, reseed),
+                cleanups=cleanups,
+                final_rows=(stop, reseed) if before != (started, stop) else (reseed,),
+            )
+        )
+        return {
+            inv: [f.severity.value for f in report.findings if f.invariant == inv]
+            for inv in ("I3", "I7")
+        }
+
+    assert verdicts((started,)) == {"I3": ["expected"], "I7": ["expected"]}
+    assert verdicts(None) == {"I3": ["invalid"], "I7": ["invalid"]}
+    assert verdicts((started, stop)) == {"I3": ["invalid"], "I7": ["invalid"]}
 
 
 def _pruned_first_run(segments: list[Segment]) -> CheckInput:

@@ -159,6 +159,37 @@ def test_b9_purge_and_reseed_then_backfill_restores_baselines(simulate: Simulate
     assert any(f.deviation == "purged before read" for f in result.report.findings)
 
 
+def test_s2_purge_reseeding_a_stopping_process_is_its_damage_not_an_invalid_run(
+    simulate: Simulate, backend: db.Backend
+) -> None:
+    """S2/B5/I3/I7: a stop has its STOPPED's id while the purge runs; the purge reads the
+    process as STARTED and reseeds a STARTED above that STOPPED. The process stopped, yet on
+    record it runs again, and the repair closes baselines only: the open bill and the open run
+    are reported as the purge's damage (expected), naming both rows, and the run stays valid."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip(NEEDS_CONCURRENT_WRITERS)
+    result = simulate(specs.purge_reseeds_a_stopping_process())
+    guid = {label: g for g, label in result.truth.labels.items()}["proc-1"]
+    rows = sorted((r for r in result.final_rows if r.key == guid), key=lambda r: r.id)
+    assert [(r.state, r.previous_state) for r in rows] == [
+        ("STOPPED", "STARTED"),
+        ("STARTED", "STARTED"),
+    ], "the race did not happen: the purge's STARTED must follow the stop's STOPPED"
+    assert guid not in result.truth.running_at_end
+    stop, reseed = rows
+    assert result.report.verdict.value == "valid", [
+        f.witness for f in result.report.findings if f.severity.value == "invalid"
+    ]
+    damage = [f for f in result.report.findings if f.guid == guid and f.invariant in ("I3", "I7")]
+    assert sorted((f.invariant, f.severity.value) for f in damage) == [
+        ("I3", "expected"),
+        ("I7", "expected"),
+    ]
+    for finding in damage:
+        assert f"#{reseed.id} STARTED" in finding.witness
+        assert f"#{stop.id} STOPPED" in finding.witness
+
+
 def test_s9_late_row_below_cursor_counts_the_race_a_correct_consumer_survives(
     simulate: Simulate, backend: db.Backend
 ) -> None:
