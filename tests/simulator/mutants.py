@@ -96,6 +96,12 @@ def canceling_running_for_seed_only(mp: pytest.MonkeyPatch) -> None:
         mp.setattr(kinds.ResourceKind, name, narrowed)
 
 
+def repair_without_its_locking_read(mp: pytest.MonkeyPatch) -> None:
+    """The repair re-checks "still stopped" from its snapshot only, without the share lock
+    that waits for a restart in flight (B5): it closes a run that has just begun."""
+    mp.setattr(kinds.ResourceKind, "runs_once_locked", kinds.ResourceKind.runs_in_snapshot)
+
+
 def second_interval_on_baseline(mp: pytest.MonkeyPatch) -> None:
     """A consumer that opens a second interval when a baseline arrives for an OPEN resource
     (against C5): both intervals bill until the ending."""
@@ -131,6 +137,7 @@ MUTANTS: dict[str, Mutant] = {
     "seed_without_guard": seed_without_guard,
     "ungated_task_stop": ungated_task_stop,
     "canceling_running_for_seed_only": canceling_running_for_seed_only,
+    "repair_without_its_locking_read": repair_without_its_locking_read,
     "second_interval_on_baseline": second_interval_on_baseline,
     "lock_that_does_not_exclude": lock_that_does_not_exclude,
 }

@@ -371,6 +371,43 @@ def purge_reseeds_a_stopping_process() -> Scenario:
     )
 
 
+def repair_vs_restart() -> Scenario:
+    """proc-1 stopped before the run, and an older backfill left it a baseline after its
+    STOPPED (a stale baseline). The producer starts it again while a backfill repairs: the
+    start's STARTED has its id and the process row is locked when the repair comes to the
+    baseline. The repair waits for the lock, reads the process running and appends no ending;
+    an ending there would close a run that has just begun (B5)."""
+    return scenario(
+        [
+            ActorSpec("producer-1", PRODUCER, (op(10, "start_process", "proc-1"),)),
+            ActorSpec("backfill-1", BACKFILL, (op(10, "backfill", batch_size=10),)),
+            consumer("consumer-1", [5, 11]),
+        ],
+        sizes=Sizes(
+            apps=1,
+            processes=1,
+            tasks=0,
+            service_instances=0,
+            builds=0,
+            legacy=0,
+            stale_baselines=1,
+        ),
+        schedule=[
+            ["~tick"],
+            ["consumer-1", "op"],
+            ["~tick"],
+            # The seed finds nothing running; the backfill stops before its repair statement.
+            ["backfill-1", "until:later_event"],
+            ["producer-1", "through:INSERT INTO app_usage_events"],
+            # The repair's locking read of proc-1 waits for the start's row lock.
+            ["backfill-1", "op"],
+            ["producer-1", "op"],
+            ["*"],
+        ],
+        note="the repair racing a restart of a process with a stale baseline",
+    )
+
+
 def _two_backfills(schedule: list[list[str]], note: str) -> Scenario:
     """Two backfills due at the same moment over two legacy processes, in `schedule`'s order."""
     return scenario(

@@ -24,6 +24,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         service_instances=draw(st.integers(0, 2)),
         builds=draw(st.integers(0, 1)),
         legacy=draw(st.integers(0, 3)),
+        stale_baselines=draw(st.integers(0, 1)),
     )
     mix = ActorMix(
         producers=draw(st.integers(1, 2)),

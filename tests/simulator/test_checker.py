@@ -116,6 +116,20 @@ def test_i1_lower_bound_start_is_a_bounded_deviation() -> None:
     assert report.deviation_totals() == {"lower-bound start": (1, 86_400.0)}
 
 
+def test_i1_a_gap_after_a_closed_bill_is_lost_even_before_a_lower_bound_start() -> None:
+    """I1: proc-1 ran from day 1; its bill was closed on day 3 (a repair that closed a run in
+    progress) and billing resumed from a lower-bound start on day 4. The consumer read that
+    run, so the day between is lost (invalid), not a start that was no longer on record."""
+    report = check(
+        data(
+            [seg(1, 3, end_is_repaired=True), seg(4, 5, start_is_lower_bound=True)],
+            RUN_1_TO_5,
+        )
+    )
+    lost = [f for f in report.findings if f.invariant == "I1"]
+    assert [(f.severity, f.size_seconds) for f in lost] == [(Severity.INVALID, 86_400.0)]
+
+
 def test_i2_overlapping_segments() -> None:
     """I2: two segments of one resource covering the same time are a duplicate."""
     report = check(data([seg(1, 5), seg(2, 4)], RUN_1_TO_5))
@@ -123,7 +137,12 @@ def test_i2_overlapping_segments() -> None:
 
 
 def test_i3_open_after_repair_and_repaired_end_deviation() -> None:
-    """I3: still open after the final repair is unbounded; a repaired end is a deviation."""
+    """I3: still open after the final repair is unbounded; a repaired end is a deviation; an
+    open bill from a stale baseline that runs on into a real restart is a bounded over-bill."""
+    restarted = ops(("start_process", 1, {}), ("stop_process", 5, {}), ("start_process", 8, {}))
+    billed_on = check(data([seg(1, 5), seg(6, None, start_is_lower_bound=True)], restarted))
+    assert billed_on.of("I3").verdict is Verdict.VALID
+    assert billed_on.deviation_totals() == {"baseline after stop": (1, 2 * 86_400.0)}
     assert (
         "I3"
         in check(data([seg(1, 5), seg(6, None, start_is_lower_bound=True)], RUN_1_TO_5)).broken()

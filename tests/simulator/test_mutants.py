@@ -22,6 +22,7 @@ CASES: list[tuple[str, Callable[[], Scenario], str, bool]] = [
     ("seed_without_guard", specs.running_at_the_end, "I7", False),
     ("ungated_task_stop", specs.legacy_tasks, "I9", False),
     ("canceling_running_for_seed_only", specs.legacy_tasks, "I1", False),
+    ("repair_without_its_locking_read", specs.repair_vs_restart, "I1", True),
     ("second_interval_on_baseline", specs.baseline_for_open_resource, "I2", False),
     # SQLite holds one writer at a time: the second backfill cannot begin while the first
     # waits inside its batch, so the overlap needs a server.

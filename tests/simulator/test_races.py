@@ -159,6 +159,35 @@ def test_b9_purge_and_reseed_then_backfill_restores_baselines(simulate: Simulate
     assert any(f.deviation == "purged before read" for f in result.report.findings)
 
 
+def test_b5_repair_waits_for_a_restart_in_flight_and_appends_no_ending(
+    simulate: Simulate, backend: db.Backend
+) -> None:
+    """B5/I1/I7: a stale baseline (it follows its process's STOPPED by id) is due for repair
+    while the producer starts the process again. The backfill waits for the start's row lock
+    and then reads the process running, so it appends no ending: the new run stays open for
+    the consumer, which bills it from the real start on. An ending appended from the snapshot
+    would close a running process (I1, I7)."""
+    if backend is db.Backend.SQLITE:
+        pytest.skip(NEEDS_CONCURRENT_WRITERS)
+    result = simulate(specs.repair_vs_restart())
+    guid = {label: g for g, label in result.truth.labels.items()}["proc-1"]
+    rows = sorted((r for r in result.final_rows if r.key == guid), key=lambda r: r.id)
+    assert [(r.state, r.previous_state) for r in rows] == [
+        ("STOPPED", "STARTED"),
+        ("WAS_RUNNING", None),
+        ("STARTED", "STOPPED"),
+    ]
+    assert result.coverage["blocked_lock"] >= 1, "the backfill did not meet the start's lock"
+    assert result.coverage["repair_fired"] == 0
+    assert guid in result.truth.running_at_end
+    assert result.report.verdict.value == "valid", [
+        f.witness for f in result.report.findings if f.severity.value == "invalid"
+    ]
+    (view,) = result.consumers
+    (open_segment,) = [s for s in view.ledger.segments if s.guid == guid and s.end is None]
+    assert open_segment.opened_by_id in {rows[1].id, rows[2].id}
+
+
 def test_s2_purge_reseeding_a_stopping_process_is_its_damage_not_an_invalid_run(
     simulate: Simulate, backend: db.Backend
 ) -> None:

@@ -600,7 +600,9 @@ def check_consumer(
             if p.category == "uncovered":
                 after = next((s for s in billed if aware(s.start) == p.end), None)
                 before = next((s for s in billed if b_end(s) == p.start), None)
-                if after is not None and after.start_is_lower_bound:
+                # Not after a bill that an ending closed: the consumer read that run, and an
+                # ending while it ran (a repair that closed a restart) is a lost interval.
+                if after is not None and after.start_is_lower_bound and before is None:
                     findings.append(
                         Finding(
                             "I1",
@@ -666,6 +668,10 @@ def check_consumer(
                 over = p.segment
                 assert over is not None
                 ids = (over.opened_by_id,) + ((over.closed_by_id,) if over.closed_by_id else ())
+                # Open, and wrong up to the end: it bills forever. An open segment whose
+                # over-bill ends where the resource really runs again (a stale baseline,
+                # then a restart, billed on, C4) is a bounded over-bill.
+                forever = over.end is None and p.end >= horizon
                 if guid in truth.cancelled_before_running and over.start_is_lower_bound:
                     findings.append(
                         Finding(
@@ -704,7 +710,7 @@ def check_consumer(
                             **base,  # type: ignore[arg-type]
                         )
                     )
-                elif over.end is None and guid in lost_stops:
+                elif forever and guid in lost_stops:
                     findings.append(
                         Finding(
                             "I3",
@@ -716,7 +722,7 @@ def check_consumer(
                             **base,  # type: ignore[arg-type]
                         )
                     )
-                elif over.end is None and any(
+                elif forever and any(
                     lo_ <= p.start and p.end <= hi_ for lo_, hi_ in by_purge_windows
                 ):
                     ids = tuple(sorted(r.id for r in purge_lost))[:5]
@@ -733,7 +739,7 @@ def check_consumer(
                             **base,  # type: ignore[arg-type]
                         )
                     )
-                elif over.end is None:
+                elif forever:
                     findings.append(
                         Finding(
                             "I3",
@@ -751,7 +757,7 @@ def check_consumer(
                             Severity.DEVIATION,
                             f"{who} was not running from {words.t(p.start)} to {words.t(p.end)}"
                             f", but a baseline seeded after its stop opened {words.seg(over)}; the "
-                            f"over-bill ended at the next ending ({words.span(size)}).",
+                            f"over-bill ended at {words.t(p.end)} ({words.span(size)}).",
                             deviation="baseline after stop",
                             event_ids=ids,
                             **base,  # type: ignore[arg-type]

@@ -36,7 +36,7 @@ from usageledger.lifecycles import (
 )
 from usageledger.lifecycles import EVENT_TABLES as lifecycle_tables
 from usageledger.retention import cleanup_tables
-from usageledger.schema import EVENT_TABLES, metadata
+from usageledger.schema import EVENT_TABLES, metadata, processes
 from usageledger.simulator.actors import (
     RunRecord,
     backfill_program,
@@ -316,12 +316,21 @@ def _setup_platform(record: RunRecord, engine: Engine) -> dict[str, tuple[str, s
 
 def _setup_legacy(record: RunRecord, engine: Engine, layout: Any) -> None:
     """Resources that ran long before the scenario starts and whose start events the old
-    delete-everything-old cleanup removed: nothing on record says they run (SPEC §0)."""
+    delete-everything-old cleanup removed: nothing on record says they run (SPEC §0). And
+    stale baselines: processes that started then, and stopped two days before the run while
+    an older backfill (one without the repair) seeded them a baseline (SPEC §5's race)."""
     scenario = record.scenario
-    if not (layout.legacy_processes or layout.legacy_services or layout.legacy_tasks):
+    if not (
+        layout.legacy_processes
+        or layout.legacy_services
+        or layout.legacy_tasks
+        or layout.stale_processes
+    ):
         return
     moment = scenario.start - timedelta(days=scenario.cutoff_age_in_days + 10)
     legacy_clock = SimulatedClock(moment)
+    if layout.stale_processes:
+        _setup_stale_baselines(record, engine, layout.stale_processes, moment)
     for label in layout.legacy_processes:
         guid = record.guids[label]
         producer.start_process(engine, guid, clock=legacy_clock)
@@ -362,6 +371,31 @@ def _setup_legacy(record: RunRecord, engine: Engine, layout: Any) -> None:
         keep_at_least_one_record=False,
         clock=SimulatedClock(scenario.start),
     )
+
+
+def _setup_stale_baselines(
+    record: RunRecord, engine: Engine, labels: tuple[str, ...], started: datetime
+) -> None:
+    """Each process starts at `started` (the old cleanup prunes that start later) and stops
+    two days before the run. The older backfill read it as still running while its stop
+    committed; the setup re-enacts that read by showing the seed the process as STARTED, so
+    the baseline is the seed's own (B4) and follows the STOPPED by id. Nothing else runs yet,
+    so the seed writes no other baseline."""
+    stopped = record.scenario.start - timedelta(days=2)
+    guids = [record.guids[label] for label in labels]
+    for label, guid in zip(labels, guids, strict=True):
+        producer.start_process(engine, guid, clock=SimulatedClock(started))
+        producer.stop_process(engine, guid, clock=SimulatedClock(stopped))
+        for op, at in (("start_process", started), ("stop_process", stopped)):
+            record.committed.append(
+                CommittedOp(0, "setup", "app", guid, label, op, at, wrote_event=True)
+            )
+    stale_read = processes.update().where(processes.c.guid.in_(guids))
+    with db.transaction(engine) as conn:
+        conn.execute(stale_read.values(state="STARTED"))
+    backfill(engine, kinds=("app",), clock=SimulatedClock(stopped + timedelta(seconds=30)))
+    with db.transaction(engine) as conn:
+        conn.execute(stale_read.values(state="STOPPED"))
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -468,6 +502,7 @@ def run_scenario(
 
     event.listen(control, "checkout", discard_killed)
     initial = _setup_platform(record, control)
+    observer.observe(0)  # rows the setup left (stale baselines) were there before any actor
 
     consumers: dict[str, ConsumerProgram] = {}
     programs = {}

@@ -63,6 +63,11 @@ class Sizes:
     """Processes (and, one in three, tasks and service instances) already running before the run,
     whose start events the old delete-everything-old cleanup removed long ago: the backfill
     has to seed them, racing the producer's stops (S2)."""
+    stale_baselines: int = 1
+    """Processes (other than the legacy ones) that stopped two days before the run while an
+    older backfill, one without the repair, seeded them a baseline: the baseline follows
+    their STOPPED by id (SPEC §5's race, already happened). The run's backfills must repair
+    them (B5) while the producer may start them again."""
 
     def __attrs_post_init__(self) -> None:
         for field in attrs.fields(Sizes):
@@ -280,7 +285,8 @@ def scenario_from_json(document: Any) -> Scenario:
         raise BadInputError(f"scenario: unknown strategy {strategy!r}")
     scenario = Scenario(
         seed=_require(document, "seed", int),
-        sizes=_build(Sizes, _require(document, "sizes", dict), "sizes"),
+        # Scenarios written before stale baselines existed had none; they replay as recorded.
+        sizes=_build(Sizes, {"stale_baselines": 0} | _require(document, "sizes", dict), "sizes"),
         span_days=_require(document, "span_days", int),
         cutoff_age_in_days=_require(document, "cutoff_age_in_days", int),
         mix=_build(ActorMix, mix_values, "mix"),
@@ -330,6 +336,7 @@ class Layout:
     legacy_processes: tuple[str, ...] = ()
     legacy_services: tuple[str, ...] = ()
     legacy_tasks: tuple[str, ...] = ()
+    stale_processes: tuple[str, ...] = ()
 
 
 def layout_of(sizes: Sizes) -> Layout:
@@ -347,8 +354,18 @@ def layout_of(sizes: Sizes) -> Layout:
     legacy_processes = tuple(label for label, _, _ in processes[: sizes.legacy])
     legacy_services = services[: (sizes.legacy + 2) // 3]
     legacy_tasks = tuple(label for label, _, _ in tasks[: (sizes.legacy + 2) // 3])
+    others = [label for label, _, _ in processes[sizes.legacy :]]
+    stale_processes = tuple(others[len(others) - min(sizes.stale_baselines, len(others)) :])
     return Layout(
-        apps, processes, tasks, services, builds, legacy_processes, legacy_services, legacy_tasks
+        apps,
+        processes,
+        tasks,
+        services,
+        builds,
+        legacy_processes,
+        legacy_services,
+        legacy_tasks,
+        stale_processes,
     )
 
 
