@@ -338,6 +338,30 @@ def test_i3_i7_purge_reseed_above_a_stop_in_flight_is_expected_only_then() -> No
     assert verdicts((started, stop)) == {"I3": ["invalid"], "I7": ["invalid"]}
 
 
+def test_i3_bill_from_a_stale_baseline_that_damage_deleted_is_expected() -> None:
+    """S2/I3: proc-1 stopped on day 5 (#2); a stale baseline #3 followed, and the consumer
+    opened a bill from it. The purge (or the old cleanup) deleted #3 before a repair closed it:
+    the open bill is that cleanup's damage (expected). The current cleanup deleting it, or no
+    deletion at all, leaves the same bill invalid."""
+    stop = row(2, "STOPPED", 5, step=1)
+    stale = row(3, "WAS_RUNNING", 5.5, step=1)
+    open_bill = attrs.evolve(seg(5.5, None, start_is_lower_bound=True), opened_by_id=3)
+
+    def i3(variant: str | None) -> list[str]:
+        cleanups: tuple[CleanupObservation, ...] = ()
+        if variant is not None:
+            cleanups = (CleanupObservation(variant, variant, 10, 11, day(6), (stop, stale), ()),)
+        report = check(
+            data([seg(1, 5), open_bill], RUN_1_TO_5, observed=(stop, stale), cleanups=cleanups)
+        )
+        return [f.severity.value for f in report.findings if f.invariant == "I3"]
+
+    assert i3("purge") == ["expected"]
+    assert i3("old") == ["expected"]
+    assert i3("current") == ["invalid"]
+    assert i3(None) == ["invalid"]
+
+
 def _pruned_first_run(segments: list[Segment]) -> CheckInput:
     """proc-1 ran day 1–5 and again day 6–8. A cleanup deleted the first run's rows (#7
     STARTED, #8 STOPPED) before the consumer read them; it read the second run's (#9, #10)."""

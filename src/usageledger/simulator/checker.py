@@ -417,6 +417,37 @@ def stops_lost_to_damage(data: CheckInput, words: Words) -> dict[str, str]:
     return lost
 
 
+def baselines_lost_to_damage(data: CheckInput, words: Words) -> dict[str, tuple[set[int], str]]:
+    """Per resource, the baselines the old cleanup or a purge deleted, and why a bill opened
+    from one of them stays open: a stale baseline (its resource had stopped) that a consumer
+    had read is gone before the repair could append its ending, and nothing on record closes
+    that bill since. The damage of a cleanup the scenario runs on purpose (S2)."""
+    lost: dict[str, tuple[set[int], str]] = {}
+    for obs in data.cleanups:
+        if obs.variant not in _DAMAGING_VARIANTS:
+            continue
+        name, damage = _DAMAGING_VARIANTS[obs.variant]
+        deleted = obs.deleted()
+        for row in obs.before:
+            lc = lifecycle_of_row(row)
+            if (
+                row.key is None
+                or lc is None
+                or row.state != lc.baseline
+                or (row.table, row.id) not in deleted
+            ):
+                continue
+            ids = lost.setdefault(row.key, (set(), ""))[0] | {row.id}
+            lost[row.key] = (
+                ids,
+                f"{name} by {obs.actor} (step {obs.end_step}) deleted "
+                f"{words.r(row.key, row.kind)}'s #{row.id} ({row.state}), the baseline the bill "
+                "opened from, before a repair "
+                f"could close it; nothing on record closes it since. {damage}",
+            )
+    return lost
+
+
 def stops_undone_by_purge(data: CheckInput, words: Words) -> dict[str, str]:
     """Per process, how a purge undid its stop. The purge reads the processes without locking
     them (as operators' purges did), so a stop being committed meanwhile is read as STARTED:
@@ -474,10 +505,12 @@ def check_consumer(
     *,
     purged: set[tuple[str, int]] | None = None,
     lost_stops: Mapping[str, str] | None = None,
+    lost_baselines: Mapping[str, tuple[set[int], str]] | None = None,
 ) -> list[Finding]:
     missed = missed or {}
     purged = purged or set()
     lost_stops = lost_stops or {}
+    lost_baselines = lost_baselines or {}
     horizon = aware(truth.horizon)
     findings: list[Finding] = []
     billed_by: dict[str, list[Segment]] = {}
@@ -710,7 +743,7 @@ def check_consumer(
                             **base,  # type: ignore[arg-type]
                         )
                     )
-                elif forever and guid in lost_stops:
+                elif over.end is None and guid in lost_stops:
                     findings.append(
                         Finding(
                             "I3",
@@ -722,7 +755,23 @@ def check_consumer(
                             **base,  # type: ignore[arg-type]
                         )
                     )
-                elif forever and any(
+                elif (
+                    over.end is None
+                    and guid in lost_baselines
+                    and over.opened_by_id in lost_baselines[guid][0]
+                ):
+                    findings.append(
+                        Finding(
+                            "I3",
+                            Severity.EXPECTED,
+                            f"{who} is not running since {words.t(p.start)}, but "
+                            f"{words.seg(over)} is still open for consumer {view.name}: "
+                            f"{lost_baselines[guid][1]}",
+                            event_ids=ids,
+                            **base,  # type: ignore[arg-type]
+                        )
+                    )
+                elif over.end is None and any(
                     lo_ <= p.start and p.end <= hi_ for lo_, hi_ in by_purge_windows
                 ):
                     ids = tuple(sorted(r.id for r in purge_lost))[:5]
@@ -1119,6 +1168,7 @@ def check(data: CheckInput) -> CheckReport:
     purged = purged_rows(data.cleanups)
     # Why a resource's bill stays open although it stopped: damage the scenario asked for.
     lost_stops = stops_lost_to_damage(data, words) | stops_undone_by_purge(data, words)
+    lost_baselines = baselines_lost_to_damage(data, words)
     for view in data.consumers:
         if not view.drained:
             for inv in CONSUMER_INVARIANTS:
@@ -1132,6 +1182,7 @@ def check(data: CheckInput) -> CheckReport:
             missed,
             purged=purged,
             lost_stops=lost_stops,
+            lost_baselines=lost_baselines,
         )
         findings += check_visibility(view, data.observed, words)
     for obs in data.cleanups:
