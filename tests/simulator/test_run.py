@@ -130,6 +130,20 @@ def test_s9_coverage_names_what_never_happened(simulate: Simulate) -> None:
     assert {"kill_connection", "crash_between_passes", "crash_mid_backfill"} <= set(missing)
 
 
+def test_s9_a_batch_of_generated_runs_fires_the_repair(simulate: Simulate) -> None:
+    """S9/B5: the repair is a race the simulator exists for, so a small batch of generated runs
+    must fire it at least once (a stale baseline from before the run whose process is not
+    started again before a backfill), and every run stays valid."""
+    fired = []
+    for seed in (5, 6, 7):
+        result = simulate(generate_scenario(seed, sizes=TINY, span_days=40))
+        assert result.report.verdict.value == "valid", [
+            f.witness for f in result.report.invalid_findings()
+        ]
+        fired.append(result.coverage["repair_fired"])
+    assert sum(fired) >= 1, fired
+
+
 def test_s3_pct_strategy_runs(simulate: Simulate) -> None:
     """S3: the PCT strategy (priorities with change points) drives a valid run too."""
     result = simulate(generate_scenario(17, sizes=TINY, span_days=50, strategy="pct"))
