@@ -30,6 +30,10 @@ NO_FAULTS = FaultSwitches(
 )
 
 
+# Hand-written specs say which resources exist: none has a stale baseline unless it asks
+# (Sizes(stale_baselines=…)), so that a spec's ids and bills are the ones its text describes.
+
+
 def scenario(
     actors: list[ActorSpec],
     *,
@@ -76,7 +80,9 @@ def backfill_vs_stop() -> Scenario:
             ),
             consumer("consumer-1", [10, 10, 11, 12, 14]),
         ],
-        sizes=Sizes(apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=1),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=1
+        ),
         schedule=[
             ["~tick"],
             ["producer-1", "through:INSERT INTO app_usage_events"],
@@ -106,7 +112,9 @@ def backfill_vs_task_end() -> Scenario:
             ),
             consumer("consumer-1", [10, 10, 11, 12, 14]),
         ],
-        sizes=Sizes(apps=1, processes=0, tasks=1, service_instances=0, builds=0, legacy=1),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=0, tasks=1, service_instances=0, builds=0, legacy=1
+        ),
         schedule=[
             ["~tick"],
             ["producer-1", "through:AS stops"],  # the P2 gate, the stop's first read
@@ -131,7 +139,9 @@ def id_gap(consumer_flavour: str = "reference") -> Scenario:
             ActorSpec("producer-2", PRODUCER, (op(5, "start_process", "proc-2"),)),
             consumer("consumer-1", [5, 6, 7], consumer_flavour),
         ],
-        sizes=Sizes(apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=0),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=0
+        ),
         schedule=[
             ["~tick"],
             ["producer-1", "through:INSERT INTO app_usage_events"],
@@ -164,7 +174,9 @@ def rolling_deploy() -> Scenario:
             ActorSpec("backfill-1", BACKFILL, (op(45, "backfill"),)),
             consumer("consumer-2", [55, 70]),
         ],
-        sizes=Sizes(apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=0),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=0
+        ),
         note="the old cleanup during a rolling deploy",
     )
 
@@ -191,7 +203,9 @@ def old_cleanup_deletes_a_task_start() -> Scenario:
             ActorSpec("old-cleanup", OLD_CLEANUP, (op(40, "cleanup", variant="old"),)),
             ActorSpec("backfill-1", BACKFILL, (op(45, "backfill"),)),
         ],
-        sizes=Sizes(apps=1, processes=0, tasks=3, service_instances=0, builds=0, legacy=0),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=0, tasks=3, service_instances=0, builds=0, legacy=0
+        ),
         note="the old cleanup deletes running tasks' starts",
     )
 
@@ -220,7 +234,9 @@ def crash_between_passes() -> Scenario:
             ),
             consumer("consumer-1", [60]),
         ],
-        sizes=Sizes(apps=1, processes=2, tasks=1, service_instances=1, builds=0, legacy=0),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=2, tasks=1, service_instances=1, builds=0, legacy=0
+        ),
         note="cleanup crash between passes",
     )
 
@@ -243,7 +259,9 @@ def baseline_for_open_resource() -> Scenario:
             ActorSpec("old-cleanup", OLD_CLEANUP, (op(40, "cleanup", variant="old"),)),
             ActorSpec("backfill-1", BACKFILL, (op(45, "backfill"),)),
         ],
-        sizes=Sizes(apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=0),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=0
+        ),
         note="a baseline for an OPEN resource",
     )
 
@@ -266,7 +284,9 @@ def legacy_tasks() -> Scenario:
             ActorSpec("backfill-1", BACKFILL, (op(10, "backfill"), op(14, "backfill"))),
             consumer("consumer-1", [11, 16, 25]),
         ],
-        sizes=Sizes(apps=1, processes=0, tasks=3, service_instances=0, builds=0, legacy=6),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=0, tasks=3, service_instances=0, builds=0, legacy=6
+        ),
         schedule=[["~tick"], ["backfill-1", "op"], ["*"]],
         note="legacy tasks, a cancel, a destroy while PENDING",
     )
@@ -284,7 +304,9 @@ def created_at_out_of_id_order(consumer_flavour: str = "reference") -> Scenario:
             ActorSpec("purge", PURGE, (op(10.05, "purge_and_reseed"),)),
             consumer("consumer-1", [11, 12], consumer_flavour),
         ],
-        sizes=Sizes(apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=1),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=1
+        ),
         schedule=[
             ["~tick"],
             ["producer-1", "until:INSERT INTO app_usage_events"],
@@ -306,7 +328,9 @@ def running_at_the_end() -> Scenario:
             ActorSpec("backfill-1", BACKFILL, (op(5, "backfill"),)),
             consumer("consumer-1", [2, 6]),
         ],
-        sizes=Sizes(apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=0),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=0
+        ),
         note="a running process and a backfill",
     )
 
@@ -339,7 +363,9 @@ def purge_and_reseed() -> Scenario:
             consumer("consumer-1", [2, 10.3, 11, 25, 40]),
             consumer("consumer-2", [12, 40]),
         ],
-        sizes=Sizes(apps=1, processes=1, tasks=2, service_instances=1, builds=0, legacy=0),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=1, tasks=2, service_instances=1, builds=0, legacy=0
+        ),
         note="a destructive purge-and-reseed, then a backfill",
     )
 
@@ -357,7 +383,9 @@ def purge_reseeds_a_stopping_process() -> Scenario:
             ),
             consumer("consumer-1", [11]),
         ],
-        sizes=Sizes(apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=1),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=1
+        ),
         schedule=[
             ["~tick"],
             ["purge", "through:DELETE FROM service_usage_events"],
@@ -416,7 +444,9 @@ def _two_backfills(schedule: list[list[str]], note: str) -> Scenario:
             ActorSpec("backfill-2", BACKFILL, (op(10, "backfill", batch_size=1),)),
             consumer("consumer-1", [11]),
         ],
-        sizes=Sizes(apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=2),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=2, tasks=0, service_instances=0, builds=0, legacy=2
+        ),
         schedule=schedule,
         note=note,
     )
@@ -461,6 +491,8 @@ def scaled_process(consumer_flavour: str = "reference") -> Scenario:
             ),
             consumer("consumer-1", [3, 4], consumer_flavour),
         ],
-        sizes=Sizes(apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=0),
+        sizes=Sizes(
+            stale_baselines=0, apps=1, processes=1, tasks=0, service_instances=0, builds=0, legacy=0
+        ),
         note="a process scaled while running",
     )

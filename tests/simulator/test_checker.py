@@ -313,7 +313,7 @@ def test_i3_i7_purge_reseed_above_a_stop_in_flight_is_expected_only_then() -> No
     started = row(1, "STARTED", 1, step=2)
     stop = row(2, "STOPPED", 5, step=12)
     reseed = attrs.evolve(row(3, "STARTED", 5, step=11), previous_state="STARTED")
-    open_bill = seg(5, None, start_is_lower_bound=True)
+    open_bill = attrs.evolve(seg(5, None, start_is_lower_bound=True), opened_by_id=3)
 
     def verdicts(before: tuple[RowInfo, ...] | None) -> dict[str, list[str]]:
         cleanups: tuple[CleanupObservation, ...] = ()
@@ -362,6 +362,97 @@ def test_i3_bill_from_a_stale_baseline_that_damage_deleted_is_expected() -> None
     assert i3(None) == ["invalid"]
 
 
+def test_i3_a_bill_kept_past_an_ending_the_consumer_read_is_invalid_whatever_the_damage() -> None:
+    """I3/C7: a legacy proc-1's baseline #1 opened a bill; the consumer read the real STOPPED
+    #2 and kept billing. That stays invalid even when the old cleanup later deletes both rows
+    (no damage excuses an ending the consumer read), and when the process restarts, which would
+    otherwise bound the over-bill."""
+    legacy = ops(("start_process", -30, {}), ("stop_process", 3, {}))
+    baseline, stop = row(1, "WAS_RUNNING", 0.5, step=1), row(2, "STOPPED", 3, step=3)
+    open_bill = attrs.evolve(seg(0.5, None, start_is_lower_bound=True), opened_by_id=1)
+    read_both = (CursorMove("c1", APP, 5, 2),)
+    old = CleanupObservation("old-cleanup", "old", 10, 11, day(8), (baseline, stop), ())
+    restarted = ops(("start_process", -30, {}), ("stop_process", 3, {}), ("start_process", 4, {}))
+    start = attrs.evolve(row(3, "STARTED", 4, step=4), previous_state="STOPPED")
+    for committed, observed, cleanups in (
+        (legacy, (baseline, stop), (old,)),
+        (restarted, (baseline, stop, start), ()),
+    ):
+        view = ConsumerView("c1", "reference", Ledger((open_bill,), (), ()), True, read_both)
+        report = check(data([], committed, consumers=(view,), observed=observed, cleanups=cleanups))
+        i3 = [f for f in report.findings if f.invariant == "I3"]
+        assert [f.severity for f in i3] == [Severity.INVALID]
+        assert "past #2 (STOPPED), which it read" in i3[0].witness
+
+
+def test_i3_i7_the_purge_excuses_only_its_reseed_above_a_stop_in_flight() -> None:
+    """S2/I3/I7: proc-1's earlier run (#1, #2) was pruned long before a purge reseeded #9 for
+    its second run (#5, which the purge deleted); it stopped later (#12). #2 was not in flight
+    during the purge, so nothing is the purge's damage: a bill kept open past #12, or no ending
+    on record at all, stays invalid."""
+    runs = ops(
+        ("start_process", 1, {}),
+        ("stop_process", 2, {}),
+        ("start_process", 3, {}),
+        ("stop_process", 6, {}),
+    )
+    first = (row(1, "STARTED", 1, step=1), row(2, "STOPPED", 2, step=2))
+    second = attrs.evolve(row(5, "STARTED", 3, step=3), previous_state="STOPPED")
+    reseed = attrs.evolve(row(9, "STARTED", 4, step=11), previous_state="STARTED")
+    stop = row(12, "STOPPED", 6, step=20)
+    cleanups = (
+        CleanupObservation("cleanup", "current", 5, 6, day(2.5), first, ()),
+        CleanupObservation("purge", "purge", 10, 11, day(4), (second,), (reseed,)),
+    )
+    closed_first = attrs.evolve(seg(1, 2), opened_by_id=1, closed_by_id=2)
+    read_all = (CursorMove("c1", APP, 50, 12),)
+
+    def broken(second_bill: Segment, final: tuple[RowInfo, ...]) -> frozenset[str]:
+        view = ConsumerView(
+            "c1", "reference", Ledger((closed_first, second_bill), (), ()), True, read_all
+        )
+        observed = (*first, second, reseed, *final[1:])
+        return check(
+            data(
+                [],
+                runs,
+                consumers=(view,),
+                observed=observed,
+                cleanups=cleanups,
+                final_rows=final,
+            )
+        ).broken()
+
+    kept_open = attrs.evolve(seg(3, None), opened_by_id=5)
+    assert "I3" in broken(kept_open, (reseed, stop))
+    assert "I7" in broken(attrs.evolve(seg(3, 6), opened_by_id=5), (reseed,))
+
+
+def test_i7_an_unrepaired_task_baseline_is_invalid_even_after_the_old_cleanup() -> None:
+    """I7/B5: the old cleanup deleted task-1's TASK_STARTED, so its end wrote no TASK_STOPPED
+    (P2, the old cleanup's damage); but a TASK_WAS_RUNNING seeded meanwhile and left without
+    its repaired ending is the backfill's fault, not that damage."""
+    task = "22222222-bbbb"
+    run = CommittedOp(1, "producer-1", "task", task, "task-1", "run_task", day(1))
+    end = CommittedOp(9, "producer-1", "task", task, "task-1", "succeed_task", day(6))
+    started = RowInfo(APP, 1, "TASK_STARTED", "task", task, day(1), visible_step=1)
+    baseline = RowInfo(APP, 3, "TASK_WAS_RUNNING", "task", task, day(5.9), visible_step=10)
+    report = check(
+        CheckInput(
+            truth=build_truth({task: ("task", "task-1", InitialSize())}, [run, end], day(10)),
+            consumers=(),
+            observed=(started, baseline),
+            cleanups=(CleanupObservation("old-cleanup", "old", 4, 5, day(4), (started,), ()),),
+            final_rows=(baseline,),
+            final_backfills_added=(0, 0),
+            lock_holds=(),
+            task_endings=(TaskEnding(end, 9, wrote_stop=False, was_running=True),),
+            start=T0,
+        )
+    )
+    assert [f.severity for f in report.findings if f.invariant == "I7"] == [Severity.INVALID]
+
+
 def _pruned_first_run(segments: list[Segment]) -> CheckInput:
     """proc-1 ran day 1–5 and again day 6–8. A cleanup deleted the first run's rows (#7
     STARTED, #8 STOPPED) before the consumer read them; it read the second run's (#9, #10)."""
@@ -383,7 +474,7 @@ def test_i3_pruned_before_read_does_not_excuse_a_later_bill_forever() -> None:
     report = check(_pruned_first_run([seg(6, None)]))
     assert report.broken() == {"I3"}, [f.witness for f in report.findings]
     (finding,) = report.invalid_findings()
-    assert finding.start == day(8) and "bills forever" in finding.witness
+    assert finding.start == day(8) and "past #10 (STOPPED), which it read" in finding.witness
     # The first run's missing bill is still the bounded, excused deviation.
     assert report.deviation_totals() == {"pruned before read": (1, 4 * 86_400.0)}
 

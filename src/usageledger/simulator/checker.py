@@ -417,12 +417,17 @@ def stops_lost_to_damage(data: CheckInput, words: Words) -> dict[str, str]:
     return lost
 
 
-def baselines_lost_to_damage(data: CheckInput, words: Words) -> dict[str, tuple[set[int], str]]:
-    """Per resource, the baselines the old cleanup or a purge deleted, and why a bill opened
-    from one of them stays open: a stale baseline (its resource had stopped) that a consumer
-    had read is gone before the repair could append its ending, and nothing on record closes
-    that bill since. The damage of a cleanup the scenario runs on purpose (S2)."""
-    lost: dict[str, tuple[set[int], str]] = {}
+#: Per resource, per id of an opening row: why a bill that row opened stays open although the
+#: resource stopped, when that is damage the scenario asked for (S2).
+DamagedOpenings = dict[str, dict[int, str]]
+
+
+def baselines_lost_to_damage(data: CheckInput, words: Words) -> DamagedOpenings:
+    """The baselines the old cleanup or a purge deleted while nothing on record had closed
+    them: a consumer that read such a baseline (a stale one: its resource had stopped) keeps
+    the bill it opened, since the repair can no longer append its ending. The damage of a
+    cleanup the scenario runs on purpose (S2)."""
+    lost: DamagedOpenings = {}
     for obs in data.cleanups:
         if obs.variant not in _DAMAGING_VARIANTS:
             continue
@@ -435,27 +440,35 @@ def baselines_lost_to_damage(data: CheckInput, words: Words) -> dict[str, tuple[
                 or lc is None
                 or row.state != lc.baseline
                 or (row.table, row.id) not in deleted
+                or row.id in lost.get(row.key, {})
             ):
                 continue
-            ids = lost.setdefault(row.key, (set(), ""))[0] | {row.id}
-            lost[row.key] = (
-                ids,
+            closed = any(
+                r.key == row.key
+                and r.table == row.table
+                and r.id > row.id
+                and r.state in lc.endings
+                for r in obs.before
+            )
+            if closed:
+                continue
+            lost.setdefault(row.key, {})[row.id] = (
                 f"{name} by {obs.actor} (step {obs.end_step}) deleted "
                 f"{words.r(row.key, row.kind)}'s #{row.id} ({row.state}), the baseline the bill "
-                "opened from, before a repair "
-                f"could close it; nothing on record closes it since. {damage}",
+                "opened from, before a repair could close it; nothing on record closes it "
+                f"since. {damage}"
             )
     return lost
 
 
-def stops_undone_by_purge(data: CheckInput, words: Words) -> dict[str, str]:
-    """Per process, how a purge undid its stop. The purge reads the processes without locking
-    them (as operators' purges did), so a stop being committed meanwhile is read as STARTED:
-    the purge reseeds a STARTED above the stop's STOPPED, which got its id first and which the
-    purge's DELETE could not see. On record the process runs again, and the repair (B5) closes
-    baselines only. That open bill is the damage of a purge the scenario runs on purpose (S2),
-    not a defect of the rules."""
-    undone: dict[str, str] = {}
+def stops_undone_by_purge(data: CheckInput, words: Words) -> DamagedOpenings:
+    """The purge's reseeded STARTED rows that undid a stop. The purge reads the processes
+    without locking them (as operators' purges did), so a stop being committed meanwhile is
+    read as STARTED: the purge reseeds a STARTED above the stop's STOPPED, which got its id
+    first and which the purge's DELETE could not see. On record the process runs again, and
+    the repair (B5) closes baselines only. A bill (or an open run) from that STARTED is the
+    damage of a purge the scenario runs on purpose (S2), not a defect of the rules."""
+    undone: DamagedOpenings = {}
     for obs in data.cleanups:
         if obs.variant != "purge" or obs.crashed:
             continue
@@ -483,10 +496,11 @@ def stops_undone_by_purge(data: CheckInput, words: Words) -> dict[str, str]:
                 continue
             stop = max(below, key=lambda r: r.id)
             lc = lifecycle_of_row(stop)
-            if lc is None or stop.state not in lc.endings:
+            # Only a stop in flight while the purge ran: one committed before it was deleted.
+            if lc is None or stop.state not in lc.endings or stop.visible_step < obs.start_step:
                 continue
             who = words.r(reseed.key, reseed.kind)
-            undone[reseed.key] = (
+            undone.setdefault(reseed.key, {})[reseed.id] = (
                 f"the purge-and-reseed by {obs.actor} (steps {obs.start_step}–{obs.end_step}) "
                 f"read {who} as STARTED while its stop was being committed, and reseeded "
                 f"#{reseed.id} STARTED above the stop's #{stop.id} {stop.state}, which its "
@@ -494,6 +508,28 @@ def stops_undone_by_purge(data: CheckInput, words: Words) -> dict[str, str]:
                 "only (B5). This is the destructive purge's damage (S2)."
             )
     return undone
+
+
+def ignored_ending(
+    over: Segment, observed: Sequence[RowInfo], missed: Sequence[RowInfo]
+) -> RowInfo | None:
+    """An ending of `over`'s resource that the consumer read after the row that opened `over`
+    and before the one that closed it, if any: C7 closes on the first ending in id order, so a
+    bill still running past one is the consumer's fault, whatever damage is around it."""
+    unread = {(r.table, r.id) for r in missed}
+    upper = over.closed_by_id if over.closed_by_id is not None else float("inf")
+    for row in sorted(observed, key=lambda r: r.id):
+        lc = lifecycle_of_row(row)
+        if (
+            lc is not None
+            and row.key == over.guid
+            and lc.kind == over.kind
+            and row.state in lc.endings
+            and over.opened_by_id < row.id < upper
+            and (row.table, row.id) not in unread
+        ):
+            return row
+    return None
 
 
 def check_consumer(
@@ -505,12 +541,12 @@ def check_consumer(
     *,
     purged: set[tuple[str, int]] | None = None,
     lost_stops: Mapping[str, str] | None = None,
-    lost_baselines: Mapping[str, tuple[set[int], str]] | None = None,
+    damaged_openings: DamagedOpenings | None = None,
 ) -> list[Finding]:
     missed = missed or {}
     purged = purged or set()
     lost_stops = lost_stops or {}
-    lost_baselines = lost_baselines or {}
+    damaged_openings = damaged_openings or {}
     horizon = aware(truth.horizon)
     findings: list[Finding] = []
     billed_by: dict[str, list[Segment]] = {}
@@ -705,7 +741,22 @@ def check_consumer(
                 # over-bill ends where the resource really runs again (a stale baseline,
                 # then a restart, billed on, C4) is a bounded over-bill.
                 forever = over.end is None and p.end >= horizon
-                if guid in truth.cancelled_before_running and over.start_is_lower_bound:
+                ignored = ignored_ending(over, observed, lost_rows)
+                damage = damaged_openings.get(guid, {}).get(over.opened_by_id)
+                if ignored is not None:
+                    findings.append(
+                        Finding(
+                            "I3",
+                            Severity.INVALID,
+                            f"{who} was not running from {words.t(p.start)} to "
+                            f"{words.t(p.end)}, yet consumer {view.name} kept billing "
+                            f"{words.seg(over)} past #{ignored.id} ({ignored.state}), which it "
+                            "read (C7 closes on the first ending).",
+                            event_ids=(*ids, ignored.id),
+                            **base,  # type: ignore[arg-type]
+                        )
+                    )
+                elif guid in truth.cancelled_before_running and over.start_is_lower_bound:
                     findings.append(
                         Finding(
                             "I4",
@@ -755,18 +806,14 @@ def check_consumer(
                             **base,  # type: ignore[arg-type]
                         )
                     )
-                elif (
-                    over.end is None
-                    and guid in lost_baselines
-                    and over.opened_by_id in lost_baselines[guid][0]
-                ):
+                elif over.end is None and damage is not None:
                     findings.append(
                         Finding(
                             "I3",
                             Severity.EXPECTED,
                             f"{who} is not running since {words.t(p.start)}, but "
                             f"{words.seg(over)} is still open for consumer {view.name}: "
-                            f"{lost_baselines[guid][1]}",
+                            f"{damage}",
                             event_ids=ids,
                             **base,  # type: ignore[arg-type]
                         )
@@ -964,10 +1011,10 @@ def open_on_record(rows: Iterable[RowInfo]) -> dict[tuple[str, str], RowInfo]:
 
 
 def check_fixpoint(
-    data: CheckInput, words: Words, damaged: Mapping[str, str] | None = None
+    data: CheckInput, words: Words, damaged: DamagedOpenings | None = None
 ) -> list[Finding]:
-    """I7, with `damaged`: resources left open on record by damage the scenario asked for
-    (their explanation), reported as expected."""
+    """I7, with `damaged`: opening rows that damage the scenario asked for left last on
+    record for a resource that stopped (their explanation), reported as expected."""
     damaged = damaged or {}
     findings: list[Finding] = []
     if len(data.final_backfills_added) >= 2 and data.final_backfills_added[1] != 0:
@@ -1001,10 +1048,11 @@ def check_fixpoint(
             findings.append(
                 Finding(
                     "I7",
-                    Severity.EXPECTED if key in damaged else Severity.INVALID,
+                    Severity.EXPECTED if row.id in damaged.get(key, {}) else Severity.INVALID,
                     f"{words.r(key, kind)} is not running, but after the final backfill its last "
                     f"event is #{row.id} ({row.state} at {words.t(row.created_at)}) with no "
-                    "ending after it: " + damaged.get(key, "the repair did not close it."),
+                    "ending after it: "
+                    + damaged.get(key, {}).get(row.id, "the repair did not close it."),
                     guid=key,
                     label=data.truth.labels.get(key),
                     kind=kind,
@@ -1167,8 +1215,11 @@ def check(data: CheckInput) -> CheckReport:
     unknown: dict[str, str] = {}
     purged = purged_rows(data.cleanups)
     # Why a resource's bill stays open although it stopped: damage the scenario asked for.
-    lost_stops = stops_lost_to_damage(data, words) | stops_undone_by_purge(data, words)
-    lost_baselines = baselines_lost_to_damage(data, words)
+    lost_stops = stops_lost_to_damage(data, words)
+    undone = stops_undone_by_purge(data, words)
+    damaged_openings = baselines_lost_to_damage(data, words)
+    for key, rows in undone.items():
+        damaged_openings.setdefault(key, {}).update(rows)
     for view in data.consumers:
         if not view.drained:
             for inv in CONSUMER_INVARIANTS:
@@ -1182,12 +1233,12 @@ def check(data: CheckInput) -> CheckReport:
             missed,
             purged=purged,
             lost_stops=lost_stops,
-            lost_baselines=lost_baselines,
+            damaged_openings=damaged_openings,
         )
         findings += check_visibility(view, data.observed, words)
     for obs in data.cleanups:
         findings += check_cleanup(obs, words)
-    findings += check_fixpoint(data, words, lost_stops)
+    findings += check_fixpoint(data, words, undone)
     findings += check_lock(data.lock_holds)
     findings += check_task_stops(data, words)
     if data.outcome_unknown:
