@@ -515,7 +515,11 @@ def ignored_ending(
 ) -> RowInfo | None:
     """An ending of `over`'s resource that the consumer read after the row that opened `over`
     and before the one that closed it, if any: C7 closes on the first ending in id order, so a
-    bill still running past one is the consumer's fault, whatever damage is around it."""
+    bill still running past one is the consumer's fault, whatever damage is around it. A gap
+    close (C10) has no closing row: the consumer closed the bill where its cursor was, and an
+    ending it read later is one for a CLOSED resource, so such a bill is not judged here."""
+    if over.gap_close:
+        return None
     unread = {(r.table, r.id) for r in missed}
     upper = over.closed_by_id if over.closed_by_id is not None else float("inf")
     for row in sorted(observed, key=lambda r: r.id):
