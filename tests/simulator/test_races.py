@@ -9,10 +9,18 @@ import pytest
 from tests.simulator import specs
 from tests.simulator.conftest import Simulate
 from usageledger import db
+from usageledger.simulator.checker import RowInfo
+from usageledger.simulator.run import RunResult
 
 NEEDS_CONCURRENT_WRITERS = (
     "SQLite runs one writer at a time: a transaction cannot hold an id while another commits"
 )
+
+
+def _final_rows_of(result: RunResult, label: str) -> tuple[str, list[RowInfo]]:
+    """The guid of the resource `label` and its rows in the final table, by id."""
+    guid = {label: g for g, label in result.truth.labels.items()}[label]
+    return guid, sorted((r for r in result.final_rows if r.key == guid), key=lambda r: r.id)
 
 
 def test_b4_backfill_seed_waits_for_a_stop_in_flight(
@@ -170,8 +178,7 @@ def test_b5_repair_waits_for_a_restart_in_flight_and_appends_no_ending(
     if backend is db.Backend.SQLITE:
         pytest.skip(NEEDS_CONCURRENT_WRITERS)
     result = simulate(specs.repair_vs_restart())
-    guid = {label: g for g, label in result.truth.labels.items()}["proc-1"]
-    rows = sorted((r for r in result.final_rows if r.key == guid), key=lambda r: r.id)
+    guid, rows = _final_rows_of(result, "proc-1")
     assert [(r.state, r.previous_state) for r in rows] == [
         ("STOPPED", "STARTED"),
         ("WAS_RUNNING", None),
@@ -198,8 +205,7 @@ def test_s2_purge_reseeding_a_stopping_process_is_its_damage_not_an_invalid_run(
     if backend is db.Backend.SQLITE:
         pytest.skip(NEEDS_CONCURRENT_WRITERS)
     result = simulate(specs.purge_reseeds_a_stopping_process())
-    guid = {label: g for g, label in result.truth.labels.items()}["proc-1"]
-    rows = sorted((r for r in result.final_rows if r.key == guid), key=lambda r: r.id)
+    guid, rows = _final_rows_of(result, "proc-1")
     assert [(r.state, r.previous_state) for r in rows] == [
         ("STOPPED", "STARTED"),
         ("STARTED", "STARTED"),

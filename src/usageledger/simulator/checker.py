@@ -746,6 +746,7 @@ def check_consumer(
                 # then a restart, billed on, C4) is a bounded over-bill.
                 forever = over.end is None and p.end >= horizon
                 ignored = ignored_ending(over, observed, lost_rows)
+                # Damage the scenario asked for that explains why this bill stays open.
                 damage = damaged_openings.get(guid, {}).get(over.opened_by_id)
                 if ignored is not None:
                     findings.append(
@@ -798,26 +799,14 @@ def check_consumer(
                             **base,  # type: ignore[arg-type]
                         )
                     )
-                elif over.end is None and guid in lost_stops:
+                elif over.end is None and (lost_stops.get(guid) or damage) is not None:
                     findings.append(
                         Finding(
                             "I3",
                             Severity.EXPECTED,
                             f"{who} is not running since {words.t(p.start)}, but "
                             f"{words.seg(over)} is still open for consumer {view.name}: "
-                            f"{lost_stops[guid]}",
-                            event_ids=ids,
-                            **base,  # type: ignore[arg-type]
-                        )
-                    )
-                elif over.end is None and damage is not None:
-                    findings.append(
-                        Finding(
-                            "I3",
-                            Severity.EXPECTED,
-                            f"{who} is not running since {words.t(p.start)}, but "
-                            f"{words.seg(over)} is still open for consumer {view.name}: "
-                            f"{damage}",
+                            f"{lost_stops.get(guid) or damage}",
                             event_ids=ids,
                             **base,  # type: ignore[arg-type]
                         )
