@@ -522,18 +522,17 @@ def ignored_ending(
         return None
     unread = {(r.table, r.id) for r in missed}
     upper = over.closed_by_id if over.closed_by_id is not None else float("inf")
-    for row in sorted(observed, key=lambda r: r.id):
-        lc = lifecycle_of_row(row)
-        if (
-            lc is not None
-            and row.key == over.guid
-            and lc.kind == over.kind
-            and row.state in lc.endings
-            and over.opened_by_id < row.id < upper
-            and (row.table, row.id) not in unread
-        ):
-            return row
-    return None
+    endings = [
+        row
+        for row in observed
+        if row.key == over.guid
+        and over.opened_by_id < row.id < upper
+        and (lc := lifecycle_of_row(row)) is not None
+        and lc.kind == over.kind
+        and row.state in lc.endings
+        and (row.table, row.id) not in unread
+    ]
+    return min(endings, key=lambda r: r.id, default=None)
 
 
 def check_consumer(
